@@ -1,0 +1,30 @@
+"""Building blocks shared by two or more families."""
+
+from .conv_bn import ConvBN, ConvBNAct
+from .drop import DropPath, drop_path
+from .helpers import drop_path_rates, make_divisible
+from .norm import LayerNorm2d
+from .reparam import (
+    fuse_conv_bn,
+    fuse_conv_bn_tensors,
+    identity_kernel,
+    pad_kernel_to,
+    reparameterize_model,
+)
+from .scale import LayerScale
+
+__all__ = [
+    "ConvBN",
+    "ConvBNAct",
+    "DropPath",
+    "drop_path",
+    "make_divisible",
+    "drop_path_rates",
+    "LayerNorm2d",
+    "LayerScale",
+    "fuse_conv_bn",
+    "fuse_conv_bn_tensors",
+    "identity_kernel",
+    "pad_kernel_to",
+    "reparameterize_model",
+]

@@ -1,0 +1,148 @@
+"""The face every model shares (timm's interface), so a backbone is swappable by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..errors import ConfigError, InputShapeError
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Fields every family's config has; a family subclasses it with its own (frozen, kw-only)."""
+
+    num_classes: int = 1000
+    in_chans: int = 3
+    drop_rate: float = 0.0  # dropout before the classifier
+    drop_path_rate: float = 0.0  # stochastic depth, rising linearly over the blocks
+
+
+class ModelBase(nn.Module):
+    """Base of every model: stem -> stages -> (neck) -> head.
+
+    A family sets ``self.stem``, ``self.stages`` (an iterable of modules, one per feature level),
+    ``self.feature_info`` (one ``dict(num_chs, reduction, module)`` per stage), ``self.num_features``,
+    and implements ``forward_head`` and ``reset_classifier``. ``forward_neck`` runs after the last stage
+    (e.g. EfficientNetV2's 1×1 head conv); ``head_attrs`` names what features-only mode removes.
+    """
+
+    family: str = ""
+    head_attrs: tuple[str, ...] = ("head",)
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.in_chans < 1:
+            raise ConfigError(f"in_chans must be >= 1, got {cfg.in_chans}")
+        if cfg.num_classes < 0:
+            raise ConfigError(f"num_classes must be >= 0 (0 removes the classifier), got {cfg.num_classes}")
+        self.cfg = cfg
+        self.in_chans = cfg.in_chans
+        self.num_classes = cfg.num_classes
+        self.drop_rate = cfg.drop_rate
+        self.grad_checkpointing = False
+        self.features_only = False
+        self.out_indices: tuple[int, ...] = ()
+        self.model_name = type(self).__name__
+        self.pretrained_cfg: dict = {}
+
+    # -- input validation --------------------------------------------------------------------------
+    @property
+    def min_input_size(self) -> int:
+        """Smallest spatial size that survives every downsampling (the total stride)."""
+        info = getattr(self, "full_feature_info", self.feature_info)
+        return max(i["reduction"] for i in info)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if torch.compiler.is_compiling():
+            return
+        if x.ndim != 4:
+            raise InputShapeError(
+                f"{self.model_name} expects a 4-D batch (N, {self.in_chans}, H, W), got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_chans:
+            raise InputShapeError(
+                f"{self.model_name} expects {self.in_chans} input channels, got {x.shape[1]} "
+                f"(shape {tuple(x.shape)}); build it with in_chans={x.shape[1]} or convert the images"
+            )
+        h, w = x.shape[-2:]
+        if min(h, w) < self.min_input_size:
+            raise InputShapeError(
+                f"{self.model_name} downsamples by {self.min_input_size}, so it needs images of at least "
+                f"{self.min_input_size}×{self.min_input_size}; got {h}×{w}"
+            )
+
+    # -- forward -----------------------------------------------------------------------------------
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x)
+
+    def forward_neck(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+            if isinstance(stage, nn.Sequential):  # checkpoint block by block
+                for block in stage:
+                    x = checkpoint(block, x, use_reentrant=False)
+                return x
+            return checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: tuple[int, ...] | None = None) -> list[torch.Tensor]:
+        """The output of every stage in ``indices`` (all stages by default)."""
+        self.check_input(x)
+        indices = tuple(range(len(self.feature_info))) if indices is None else indices
+        last = max(indices)
+        out = []
+        x = self.forward_stem(x)
+        for i, stage in enumerate(self.stages):
+            x = self._run_stage(stage, x)
+            if i in indices:
+                out.append(x)
+            if i == last:
+                break
+        return out
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = self.forward_stem(x)
+        for stage in self.stages:
+            x = self._run_stage(stage, x)
+        return self.forward_neck(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor):
+        if self.features_only:
+            return self.forward_intermediates(x, self.out_indices)
+        return self.forward_head(self.forward_features(x))
+
+    # -- timm-style helpers ------------------------------------------------------------------------
+    def reset_classifier(self, num_classes: int) -> None:
+        raise NotImplementedError
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def as_features(self, out_indices: tuple[int, ...] | None = None) -> ModelBase:
+        """Turn this model into a backbone returning a list of per-stage feature maps (in place)."""
+        n = len(self.feature_info)
+        out_indices = tuple(range(n)) if out_indices is None else tuple(out_indices)
+        bad = [i for i in out_indices if not -n <= i < n]
+        if bad or not out_indices:
+            raise ConfigError(f"out_indices {out_indices} out of range for {n} stages (valid: 0..{n - 1})")
+        self.out_indices = tuple(sorted(i % n for i in out_indices))
+        self.features_only = True
+        for attr in self.head_attrs:
+            if hasattr(self, attr):
+                setattr(self, attr, nn.Identity())
+        self.full_feature_info = self.feature_info
+        self.feature_info = [self.feature_info[i] for i in self.out_indices]
+        return self

@@ -1,0 +1,94 @@
+"""Model registry: name -> (model class, config, defaults).
+
+Each family module registers its variants at import time with :func:`register_model`. Names follow timm
+wherever timm has the model, so a timm user's names just work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .errors import ConfigError, UnknownModelError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str
+    model_cls: type[nn.Module]
+    cfg: Any  # a frozen dataclass of the family
+    input_size: int = 224  # default (square) input size
+    test_input_size: int | None = None  # size the papers evaluate at, if different
+    in_timm: bool = False  # timm has a model of this exact name (numerical oracle in tests)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str,
+    model_cls: type[nn.Module],
+    cfg: Any,
+    *,
+    family: str,
+    input_size: int = 224,
+    test_input_size: int | None = None,
+    in_timm: bool = False,
+) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is registered twice")
+    if not dataclasses.is_dataclass(cfg):
+        raise TypeError(f"the config of {name!r} must be a dataclass, got {type(cfg).__name__}")
+    _REGISTRY[name] = ModelEntry(name, family, model_cls, cfg, input_size, test_input_size, in_timm)
+
+
+def _ensure_loaded() -> None:
+    from . import models  # noqa: F401  (importing registers every family)
+
+
+def list_models(pattern: str | None = None, *, family: str | None = None) -> list[str]:
+    """Registered model names, sorted, optionally filtered by a shell pattern (``'convnext_*'``)."""
+    _ensure_loaded()
+    names = sorted(_REGISTRY)
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    if family:
+        names = [n for n in names if _REGISTRY[n].family == family]
+    return names
+
+
+def get_entry(name: str) -> ModelEntry:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownModelError(
+            f"unknown model {name!r}.{hint} `moderncnn list` shows all {len(_REGISTRY)} models."
+        ) from None
+
+
+def resolve_config(name: str, **overrides: Any) -> Any:
+    """The variant's config with ``overrides`` applied; a misspelled option is an error."""
+    entry = get_entry(name)
+    fields = {f.name for f in dataclasses.fields(entry.cfg)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        msgs = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(fields), n=3)
+            msgs.append(f"{key!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ConfigError(
+            f"{name} has no option {', '.join(msgs)}; valid options: {', '.join(sorted(fields))}"
+        )
+    try:
+        return dataclasses.replace(entry.cfg, **overrides)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid options for {name}: {exc}") from exc
