@@ -38,11 +38,12 @@ def create_model(
     cfg = resolve_config(name, **opts)
     model = entry.model_cls(cfg)
     model.model_name = name
+    test_size = entry.test_input_size or entry.input_size
     model.pretrained_cfg = {
         "architecture": name,
         "family": entry.family,
         "input_size": (in_chans, entry.input_size, entry.input_size),
-        "test_input_size": (in_chans, entry.test_input_size or entry.input_size, entry.test_input_size or entry.input_size),
+        "test_input_size": (in_chans, test_size, test_size),
         "num_classes": num_classes,
     }
     if checkpoint_path is not None:
