@@ -204,13 +204,15 @@ class ImageFolderDataset(Dataset):
 
     def load(self, index: int) -> torch.Tensor:
         """Decode file ``index`` to an RGB uint8 tensor (3, H, W)."""
-        from torchvision.io import ImageReadMode, decode_image
+        from PIL import Image
 
         path = self.samples[index][0]
         try:
-            return decode_image(str(path), mode=ImageReadMode.RGB)
-        except Exception as e:  # torchvision raises RuntimeError/ValueError subtypes depending on the codec
+            with Image.open(path) as im:
+                rgb = np.asarray(im.convert("RGB"))
+        except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError... depending on the codec
             raise DataError(f"Cannot decode image {path}: {e}. Delete or replace the file.") from e
+        return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
 
     def __getitem__(self, index: int):
         image = self.load(index)

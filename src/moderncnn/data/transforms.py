@@ -79,6 +79,11 @@ def _enhance_factor(s: float) -> float:
     return max(0.0, 1.0 + _signed(0.9 * s))
 
 
+def _solarize(img: torch.Tensor, s: float) -> torch.Tensor:
+    threshold = 256.0 - 256.0 * s  # pixels >= threshold are inverted; above 255 nothing is
+    return img if threshold > 255 else F.solarize(img, max(0.0, threshold))
+
+
 def _solarize_add(img: torch.Tensor, s: float) -> torch.Tensor:
     added = (img.to(torch.int16) + int(110 * s)).clamp_(0, 255).to(torch.uint8)
     return torch.where(img < 128, added, img)
@@ -115,7 +120,7 @@ _OPS = {
     "invert": lambda img, s: F.invert(img),
     "rotate": lambda img, s: F.rotate(img, _signed(30.0 * s), fill=[_FILL] * img.shape[0]),
     "posterize": lambda img, s: F.posterize(img, max(1, 8 - int(4 * s))),
-    "solarize": lambda img, s: F.solarize(img, max(0.0, 256.0 - 256.0 * s)),
+    "solarize": lambda img, s: _solarize(img, s),
     "solarize_add": _solarize_add,
     "color": lambda img, s: F.adjust_saturation(img, _enhance_factor(s)),
     "contrast": lambda img, s: F.adjust_contrast(img, _enhance_factor(s)),
