@@ -27,8 +27,15 @@ def _list(args: argparse.Namespace) -> int:
     if not names:
         print(f"no model matches {args.pattern!r}")
         return 1
-    if not args.details:
+    if not args.details and not args.markdown:
         print("\n".join(names))
+        return 0
+    if args.markdown:
+        print("| model | family | params (M) | GMACs | input |")
+        print("|---|---|---:|---:|---:|")
+        for name in names:
+            s = model_summary(name)
+            print(f"| `{name}` | {s['family']} | {s['params'] / 1e6:.2f} | {s['gmacs']:.3f} | {s['input_size']} |")
         return 0
     print(f"{'model':<34} {'family':<15} {'params (M)':>11} {'GMACs':>8} {'input':>6}")
     for name in names:
@@ -62,6 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pattern", nargs="?", default=None, help="shell pattern, e.g. 'repvgg_*'")
     p.add_argument("--family", default=None)
     p.add_argument("--details", action="store_true", help="params, GMACs and default input size")
+    p.add_argument("--markdown", action="store_true", help="the details as a markdown table")
     p.set_defaults(func=_list)
     p = sub.add_parser("info", help="params, GMACs, stages and deploy form of one model")
     p.add_argument("name")
