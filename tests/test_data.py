@@ -61,6 +61,14 @@ def test_fashion_mnist_missing_dir_names_path(tmp_path):
     assert str(missing) in str(err.value)
 
 
+def test_cifar_missing_files_says_how_to_fix(tmp_path):
+    pytest.importorskip("torchvision.datasets")
+    with pytest.raises(DataError, match="--download"):
+        load_dataset("cifar10", data_dir=str(tmp_path))
+    with pytest.raises(DataError, match="--data-dir"):
+        load_dataset("cifar100")
+
+
 def test_unknown_dataset_and_split():
     with pytest.raises(DataError) as err:
         load_dataset("imagenet22k")

@@ -71,14 +71,19 @@ class ModelEma:
             step = self.num_updates
         d = self.decay_at(step)
         source = unwrap_model(model).state_dict()
+        ema_float, src_float = [], []
         for name, ema_v in self.module.state_dict().items():
             v = source[name].detach()
-            if self.device is not None:
-                v = v.to(self.device)
+            if v.device != ema_v.device:
+                v = v.to(ema_v.device, non_blocking=True)
             if ema_v.is_floating_point():
-                ema_v.lerp_(v.to(ema_v.dtype), 1.0 - d)  # ema + (1 - d) * (v - ema)
-            else:
+                ema_float.append(ema_v)
+                src_float.append(v.to(ema_v.dtype))
+            else:  # integer buffers (num_batches_tracked) are copied
                 ema_v.copy_(v)
+        if ema_float:
+            # ema += (1 - d) * (v - ema); one fused kernel per dtype/device instead of one per tensor
+            torch._foreach_lerp_(ema_float, src_float, 1.0 - d)
         self.num_updates += 1
 
     @torch.no_grad()
