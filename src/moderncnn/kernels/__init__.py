@@ -1,21 +1,170 @@
 """Fast operators behind one dispatch point each.
 
-``depthwise_conv2d`` is the single entry for RepLKNet's large depthwise convolutions: stride 1, 'same'
-padding, odd kernel. ``impl="torch"`` is PyTorch's ``F.conv2d``.
+``depthwise_conv2d`` is the single entry for RepLKNet's large depthwise convolutions (Ding et al.,
+"Scaling Up Your Kernels to 31x31", CVPR 2022, §3 Guideline 1 and Remark 1): stride 1, 'same'
+padding, odd kernel. Implementations:
+
+* ``"torch"``  -- PyTorch's ``F.conv2d`` (cuDNN for channels_last, the native depthwise kernel for NCHW).
+* ``"triton"`` -- our tensor-core kernels (``_dwconv_triton.py``; design in ``docs/kernels.md``)
+  wrapped in a full ``torch.autograd.Function``.
+* ``"auto"``   -- the module default (see :func:`set_default_impl`); its own default policy picks, per
+  device, layout, dtype, kernel size and whether a backward pass follows, whichever was measured
+  fastest on an H100 (table ``_TRITON_MIN_K``). CPU and meta tensors always use ``F.conv2d``.
+
+Triton is imported only when the Triton path is first used, so ``import moderncnn`` never needs it.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
+_IMPLS = ("auto", "torch", "triton")
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_MAX_TRITON_K = 63
+
+# Smallest kernel size from which the Triton path beats the faster PyTorch layout on an H100
+# (torch 2.11, batch 64, RepLKNet-31B stage shapes), keyed by (channels_last, needs_backward).
+# Measured with `python benchmarks/large_kernel_dwconv.py`; numbers in docs/benchmarks-dwconv.md.
+_TRITON_MIN_K: dict[tuple[bool, bool], int] = {
+    (False, False): 5,  # NCHW inference: PyTorch's native NCHW kernel scales with k^2 from k=5 on
+    (False, True): 5,
+    (True, False): 7,  # channels_last inference: cuDNN is near the memory floor up to k=5
+    (True, True): 7,
+}
+
+_default_impl = os.environ.get("MODERNCNN_DWCONV_IMPL", "auto")
+
+
+def set_default_impl(impl: str) -> None:
+    """Choose what ``depthwise_conv2d(..., impl="auto")`` runs: "auto" (measured table), "torch", "triton".
+
+    Benchmarks use it to switch a whole model between implementations; the environment variable
+    ``MODERNCNN_DWCONV_IMPL`` sets the initial value.
+    """
+    global _default_impl
+    _check_impl(impl)
+    _default_impl = impl
+
+
+def get_default_impl() -> str:
+    """The implementation ``impl="auto"`` currently resolves through (see :func:`set_default_impl`)."""
+    return _default_impl
+
+
+def _check_impl(impl: str) -> None:
+    if impl not in _IMPLS:
+        raise ValueError(f"depthwise_conv2d: impl must be one of {_IMPLS}, got {impl!r}")
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _validate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> int:
+    if stride != 1:
+        raise ValueError(
+            f"depthwise_conv2d supports stride 1 only ('same' output size), got stride={stride}; "
+            "use F.conv2d(..., groups=C) for strided depthwise convolutions"
+        )
+    if x.dim() != 4:
+        raise ValueError(f"depthwise_conv2d expects x of shape (N, C, H, W), got {tuple(x.shape)}")
+    C = x.shape[1]
+    if weight.dim() != 4 or weight.shape[0] != C or weight.shape[1] != 1 or weight.shape[2] != weight.shape[3]:
+        raise ValueError(
+            f"depthwise_conv2d expects weight of shape (C, 1, k, k) = ({C}, 1, k, k) for x with C={C} "
+            f"channels, got {tuple(weight.shape)}"
+        )
+    k = weight.shape[-1]
+    if k % 2 == 0:
+        raise ValueError(
+            f"depthwise_conv2d needs an odd kernel size so that 'same' padding k//2 centres it, got k={k}"
+        )
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != C):
+        raise ValueError(f"depthwise_conv2d expects bias of shape ({C},), got {tuple(bias.shape)}")
+    return k
+
+
+def _needs_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+
+
+def _auto_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int) -> str:
+    if x.device.type != "cuda":
+        return "torch"
+    if x.dtype not in _TRITON_DTYPES and not torch.is_autocast_enabled("cuda"):
+        return "torch"
+    if k > _MAX_TRITON_K:
+        return "torch"
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    min_k = _TRITON_MIN_K[(channels_last, _needs_backward(x, weight, bias))]
+    return "triton" if k >= min_k else "torch"
+
 
 def depthwise_conv2d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, impl: str = "auto"
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    impl: str = "auto",
+    *,
+    stride: int = 1,
 ) -> torch.Tensor:
-    """Depthwise conv, stride 1, 'same' padding: ``x`` (N, C, H, W), ``weight`` (C, 1, k, k)."""
-    k = weight.shape[-1]
-    return F.conv2d(x, weight, bias, stride=1, padding=k // 2, groups=x.shape[1])
+    """Depthwise conv, stride 1, 'same' padding: ``x`` (N, C, H, W), ``weight`` (C, 1, k, k), odd k.
+
+    ``impl`` is "auto" (the module default, :func:`set_default_impl`), "torch" (``F.conv2d``) or
+    "triton" (our kernels; CUDA, float32/bfloat16/float16, k <= 63). Any batch and spatial size works,
+    kernels larger than the image included, in NCHW or channels_last; the output has the input's
+    memory format and dtype, and sums are accumulated in float32. Under autocast the inputs are cast
+    to the autocast dtype as ``F.conv2d`` would be.
+    """
+    _check_impl(impl)
+    k = _validate(x, weight, bias, stride)
+    if impl == "auto":
+        impl = _default_impl
+    # meta tensors carry no data: shape inference is F.conv2d's job whatever was asked for
+    if x.device.type == "meta" or weight.device.type == "meta":
+        impl = "torch"
+    if impl == "auto":
+        impl = _auto_impl(x, weight, bias, k)
+    if impl == "torch":
+        return F.conv2d(x, weight, bias, stride=1, padding=k // 2, groups=x.shape[1])
+
+    # --- Triton path ---
+    if x.device.type != "cuda" and not _interpreting():
+        raise RuntimeError(
+            f"depthwise_conv2d(impl='triton') needs CUDA tensors, got device {x.device}; use impl='auto' "
+            "(which picks F.conv2d off the GPU) or set TRITON_INTERPRET=1 before importing triton to run "
+            "the kernels in Triton's interpreter"
+        )
+    if k > _MAX_TRITON_K:
+        raise ValueError(f"depthwise_conv2d(impl='triton') supports k <= {_MAX_TRITON_K}, got k={k}")
+    if weight.device != x.device or (bias is not None and bias.device != x.device):
+        raise ValueError(
+            f"depthwise_conv2d: x, weight and bias must be on one device, got x on {x.device}, "
+            f"weight on {weight.device}" + (f", bias on {bias.device}" if bias is not None else "")
+        )
+    if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        dtype = torch.get_autocast_dtype("cuda")
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    if x.dtype not in _TRITON_DTYPES:
+        raise TypeError(f"depthwise_conv2d(impl='triton') supports {_TRITON_DTYPES}, got {x.dtype}")
+    if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise TypeError(
+            f"depthwise_conv2d: x, weight and bias must share a dtype (as for F.conv2d), got x {x.dtype}, "
+            f"weight {weight.dtype}" + (f", bias {bias.dtype}" if bias is not None else "")
+            + "; cast them, or run under torch.autocast"
+        )
+    from ._dwconv_triton import DepthwiseConv2dTriton
+
+    if x.device.type != "cuda":  # Triton's interpreter on CPU tensors (tests)
+        return DepthwiseConv2dTriton.apply(x, weight, bias)
+    with torch.autocast("cuda", enabled=False):
+        return DepthwiseConv2dTriton.apply(x, weight, bias)
 
 
-__all__ = ["depthwise_conv2d"]
+__all__ = ["depthwise_conv2d", "get_default_impl", "set_default_impl"]

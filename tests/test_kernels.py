@@ -1,0 +1,234 @@
+"""moderncnn.kernels.depthwise_conv2d: dispatch, validation, and the Triton kernels' numerics.
+
+The kernels are checked against ``F.conv2d`` in float64 (forward and the gradients wrt input, weight
+and bias) on random shapes. Without a GPU they run in Triton's interpreter, which must be switched on
+before triton is first imported, so those checks run in one subprocess; the interpreter's bfloat16
+``tl.dot`` is broken (triton 3.8), so there the low-precision path is exercised in float16 and
+bfloat16 is checked under the ``gpu`` marker, together with every shape the benchmark times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moderncnn import kernels
+from moderncnn.kernels import depthwise_conv2d
+
+# --------------------------------------------------------------------------------------------------
+# Dispatch and validation (CPU, in process)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_auto_on_cpu_is_f_conv2d_and_differentiable():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    y = depthwise_conv2d(x, w, b)
+    # hand-rolled reference: zero-pad, then sum the k*k shifted slices
+    xp = F.pad(x, (2, 2, 2, 2))
+    ref = sum(xp[:, :, i : i + 9, j : j + 7] * w[:, 0, i, j].view(1, 3, 1, 1) for i in range(5) for j in range(5))
+    ref = ref + b.view(1, 3, 1, 1)
+    assert torch.allclose(y, ref, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda *t: depthwise_conv2d(*t), (x[:1, :, :5, :4], w, b))
+
+
+def test_meta_device_shapes():
+    x = torch.empty(2, 8, 14, 10, device="meta")
+    w = torch.empty(8, 1, 31, 31, device="meta")
+    for impl in ("auto", "torch", "triton"):
+        y = depthwise_conv2d(x, w, None, impl=impl)
+        assert y.device.type == "meta" and y.shape == (2, 8, 14, 10)
+
+
+def test_default_impl_switch(monkeypatch):
+    old = kernels.get_default_impl()
+    try:
+        kernels.set_default_impl("torch")
+        assert kernels.get_default_impl() == "torch"
+        with pytest.raises(ValueError, match="impl must be one of"):
+            kernels.set_default_impl("cudnn")
+    finally:
+        kernels.set_default_impl(old)
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kwargs, match",
+    [
+        ((1, 4, 8, 8), (4, 1, 4, 4), {}, "odd kernel"),
+        ((1, 4, 8, 8), (4, 2, 3, 3), {}, r"\(C, 1, k, k\)"),
+        ((1, 4, 8, 8), (8, 1, 3, 3), {}, r"\(C, 1, k, k\)"),
+        ((1, 4, 8, 8), (4, 1, 3, 5), {}, r"\(C, 1, k, k\)"),
+        ((4, 8, 8), (4, 1, 3, 3), {}, r"\(N, C, H, W\)"),
+        ((1, 4, 8, 8), (4, 1, 3, 3), {"stride": 2}, "stride 1 only"),
+        ((1, 4, 8, 8), (4, 1, 3, 3), {"impl": "fast"}, "impl must be one of"),
+    ],
+)
+def test_validation_errors(x_shape, w_shape, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        depthwise_conv2d(torch.randn(x_shape), torch.randn(w_shape), **kwargs)
+
+
+def test_bias_shape_error():
+    with pytest.raises(ValueError, match="bias of shape"):
+        depthwise_conv2d(torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3), torch.randn(3))
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="interpreter allows CPU tensors")
+def test_triton_on_cpu_says_what_to_do():
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        depthwise_conv2d(torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3), impl="triton")
+
+
+def test_auto_table_prefers_triton_for_large_kernels_only():
+    # the table must send the RepLKNet kernel sizes (13..31) to Triton and the smallest (3) to torch
+    for key, min_k in kernels._TRITON_MIN_K.items():
+        assert 3 < min_k <= 13, key
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton kernels in the interpreter (CPU, one subprocess)
+# --------------------------------------------------------------------------------------------------
+
+# (N, C, H, W, k, channels_last, dtype, bias): tiny, non-square, odd sizes, kernels larger than the map
+INTERP_CASES = [
+    (1, 2, 5, 7, 3, False, "float32", True),
+    (2, 3, 9, 6, 13, True, "float32", True),
+    (1, 2, 12, 11, 7, False, "float32", False),
+    (2, 2, 6, 5, 5, True, "float32", True),
+    (1, 3, 7, 12, 13, False, "float32", True),  # k > H
+    (1, 2, 5, 5, 9, True, "float32", False),  # k > H and k > W
+    (2, 2, 11, 8, 3, True, "float32", True),
+    (1, 2, 8, 10, 5, False, "float16", True),
+    (1, 2, 6, 9, 7, True, "float16", False),
+]
+
+_INTERP_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["TRITON_INTERPRET"] = "1"
+    import torch, torch.nn.functional as F
+    torch.set_num_threads(1)
+    from moderncnn.kernels import depthwise_conv2d
+
+    def rel(a, b):
+        return ((a.double() - b).abs().max() / b.abs().max()).item()
+
+    out = []
+    for i, (N, C, H, W, k, cl, dt, has_b) in enumerate(json.loads(sys.argv[1])):
+        dtype = getattr(torch, dt)
+        g = torch.Generator().manual_seed(i)
+        x = torch.randn(N, C, H, W, generator=g).to(dtype)
+        w = torch.randn(C, 1, k, k, generator=g).to(dtype)
+        b = torch.randn(C, generator=g).to(dtype) if has_b else None
+        dy = torch.randn(N, C, H, W, generator=g).to(dtype)
+        if cl:
+            x, dy = x.contiguous(memory_format=torch.channels_last), dy.contiguous(memory_format=torch.channels_last)
+        leaves = [t.detach().requires_grad_() for t in (x, w) + ((b,) if has_b else ())]
+        y = depthwise_conv2d(*leaves, impl="triton")
+        grads = torch.autograd.grad(y, leaves, dy)
+        ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+        yr = F.conv2d(ref_leaves[0], ref_leaves[1], ref_leaves[2] if has_b else None, padding=k // 2, groups=C)
+        ref_grads = torch.autograd.grad(yr, ref_leaves, dy.double())
+        out.append(dict(
+            y=rel(y, yr), grads=[rel(a, r) for a, r in zip(grads, ref_grads)],
+            dtype=str(y.dtype), cl=y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous(),
+        ))
+    print("RESULT" + json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def interp_results():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _INTERP_SCRIPT, json.dumps(INTERP_CASES)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
+    return json.loads(line[len("RESULT"):])
+
+
+@pytest.mark.parametrize("case", range(len(INTERP_CASES)), ids=[str(c) for c in INTERP_CASES])
+def test_triton_kernels_in_interpreter(interp_results, case):
+    N, C, H, W, k, cl, dt, has_b = INTERP_CASES[case]
+    r = interp_results[case]
+    tol = 1e-5 if dt == "float32" else 2e-3  # float16 inputs round to 2^-11; sums stay float32
+    assert r["dtype"] == f"torch.{dt}"
+    assert r["cl"] == cl, "output must keep the input's memory format"
+    assert r["y"] <= tol, r
+    assert len(r["grads"]) == (3 if has_b else 2)
+    for name, e in zip(("input", "weight", "bias"), r["grads"]):
+        assert e <= tol, (name, r)
+
+
+# --------------------------------------------------------------------------------------------------
+# GPU: every benchmarked shape (benchmarks/large_kernel_dwconv.py), float32 and bfloat16
+# --------------------------------------------------------------------------------------------------
+
+GPU_SHAPES = [(C, H, k) for C, H in [(128, 56), (256, 28), (512, 14), (1024, 7)] for k in (3, 5, 7, 13, 27, 31)]
+
+
+def _gpu_check(B, C, H, W, k, dtype, channels_last, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    dev = "cuda"
+    x = torch.randn(B, C, H, W, generator=g).to(dtype).to(dev)
+    w = (torch.randn(C, 1, k, k, generator=g) / k).to(dtype).to(dev)
+    b = torch.randn(C, generator=g).to(dtype).to(dev)
+    dy = torch.randn(B, C, H, W, generator=g).to(dtype).to(dev)
+    if channels_last:
+        x, dy = x.contiguous(memory_format=torch.channels_last), dy.contiguous(memory_format=torch.channels_last)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    y = depthwise_conv2d(*leaves, impl="triton")
+    grads = torch.autograd.grad(y, leaves, dy)
+    ref = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    yr = F.conv2d(ref[0], ref[1], ref[2], padding=k // 2, groups=C)
+    ref_grads = torch.autograd.grad(yr, ref, dy.double())
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for name, a, r in zip(("y", "dx", "dw", "db"), (y,) + grads, (yr,) + ref_grads):
+        assert a.dtype == dtype and a.shape == r.shape
+        err = ((a.double() - r).abs().max() / r.abs().max()).item()
+        assert err <= tol, (name, err)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("C, H, k", GPU_SHAPES, ids=[f"{C}@{H}-k{k}" for C, H, k in GPU_SHAPES])
+def test_gpu_benchmark_shapes(C, H, k, dtype):
+    _gpu_check(64, C, H, H, k, dtype, channels_last=(k % 4 == 1))  # both layouts across the k's
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "B, C, H, W, k, cl",
+    [(3, 5, 17, 9, 31, True), (1, 7, 100, 70, 13, False), (2, 3, 5, 130, 63, True), (5, 16, 33, 47, 1, False)],
+)
+def test_gpu_odd_shapes(B, C, H, W, k, cl, dtype):
+    _gpu_check(B, C, H, W, k, dtype, cl, seed=B + k)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_autocast_matches_f_conv2d():
+    x = torch.randn(4, 32, 28, 28, device="cuda", requires_grad=True)
+    w = torch.randn(32, 1, 27, 27, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = depthwise_conv2d(x, w, impl="triton")
+        yr = F.conv2d(x, w, padding=13, groups=32)
+    assert y.dtype == yr.dtype == torch.bfloat16
+    assert ((y.float() - yr.float()).abs().max() / yr.float().abs().max()).item() < 1e-2
+    y.float().sum().backward()
+    assert w.grad is not None and w.grad.dtype == torch.float32
