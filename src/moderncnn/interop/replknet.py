@@ -91,14 +91,16 @@ def build_official(config: dict[str, Any], deploy: bool = False, **kwargs: Any) 
     ``small_kernel_merged=True`` (or ``deploy=True``) builds the merged form; ``use_checkpoint`` turns on
     gradient checkpointing; ``use_sync_bn`` is ignored (convert with ``nn.SyncBatchNorm
     .convert_sync_batchnorm`` for distributed training); ``out_indices`` (with ``num_classes=None``) returns
-    a features-only backbone. Other ``kwargs`` are config fields (``drop_rate``...).
+    a features-only backbone. ``kwargs`` may repeat official arguments (they override ``config``); the
+    rest are our config fields (``drop_rate``...).
     """
     from ..models.replknet import _VARIANTS, RepLKNet, RepLKNetConfig
 
-    unknown = sorted(set(config) - _KNOWN)
+    # official argument names may come as kwargs too (``small_kernel_merged=True``); they override config
+    opts = dict(config, **{k: kwargs.pop(k) for k in list(kwargs) if k in _KNOWN})
+    unknown = sorted(set(opts) - _KNOWN)
     if unknown:
         raise ConfigError(f"replknet.RepLKNet: unsupported arguments {unknown}; supported: {sorted(_KNOWN)}")
-    opts = dict(config)
     for required in ("large_kernel_sizes", "layers", "channels", "drop_path_rate", "small_kernel"):
         if required not in opts:
             raise ConfigError(f"replknet.RepLKNet needs {required!r} (a required argument of the official class)")

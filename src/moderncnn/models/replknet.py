@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .. import kernels
 from ..errors import ConfigError
-from ..kernels import depthwise_conv2d
 from ..layers import ConvBN, ConvBNAct, DropPath, drop_path_rates, pad_kernel_to
 from ..layers.reparam import check_eval, fuse_conv_bn_tensors
 from ..registry import register_model
@@ -67,7 +67,8 @@ class LargeKernelDepthwiseConv(nn.Conv2d):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return depthwise_conv2d(x, self.weight, self.bias)
+        # looked up at call time, so a replaced or monkeypatched implementation takes effect at once
+        return kernels.depthwise_conv2d(x, self.weight, self.bias)
 
 
 class LargeKernelConvBN(nn.Module):
@@ -315,9 +316,9 @@ class RepLKNet(ModelBase):
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
-def _cfg(kernels, channels, small_kernel=5, dw_ratio=1.0) -> RepLKNetConfig:
+def _cfg(large_kernels, channels, small_kernel=5, dw_ratio=1.0) -> RepLKNetConfig:
     return RepLKNetConfig(
-        large_kernel_sizes=kernels, layers=(2, 2, 18, 2), channels=channels, small_kernel=small_kernel,
+        large_kernel_sizes=large_kernels, layers=(2, 2, 18, 2), channels=channels, small_kernel=small_kernel,
         dw_ratio=dw_ratio,
     )
 
