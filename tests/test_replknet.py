@@ -299,7 +299,7 @@ def test_large_kernels_use_dispatch(monkeypatch, deploy):
 # -- model face ---------------------------------------------------------------------------------------
 def test_features_and_checkpointing():
     model = small_model(drop_path_rate=0.0)
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 64, 64)  # 64 px: stage 3 has 2×2 pixels, so BN statistics are not degenerate
     model.train()
     out = model(x)
     out.square().sum().backward()
