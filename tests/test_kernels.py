@@ -89,9 +89,9 @@ def test_triton_on_cpu_says_what_to_do():
 
 
 def test_auto_table_prefers_triton_for_large_kernels_only():
-    # the table must send the RepLKNet kernel sizes (13..31) to Triton and the smallest (3) to torch
-    for key, min_k in kernels._TRITON_MIN_K.items():
-        assert 3 < min_k <= 13, key
+    # the table must send the RepLKNet training kernel sizes (13..31) to Triton and 3×3 to torch
+    for (cl, train, fp32), min_k in kernels._TRITON_MIN_K.items():
+        assert 3 < min_k <= (13 if train else 27), (cl, train, fp32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -118,6 +118,7 @@ _INTERP_SCRIPT = textwrap.dedent(
     import torch, torch.nn.functional as F
     torch.set_num_threads(1)
     from moderncnn.kernels import depthwise_conv2d
+    from moderncnn.kernels import _dwconv_triton as K
 
     def rel(a, b):
         return ((a.double() - b).abs().max() / b.abs().max()).item()
@@ -125,6 +126,7 @@ _INTERP_SCRIPT = textwrap.dedent(
     out = []
     for i, (N, C, H, W, k, cl, dt, has_b) in enumerate(json.loads(sys.argv[1])):
         dtype = getattr(torch, dt)
+        K.PAD_INPUT = i % 2 == 0  # both forward paths: zero-padded input / masked clipped window
         g = torch.Generator().manual_seed(i)
         x = torch.randn(N, C, H, W, generator=g).to(dtype)
         w = torch.randn(C, 1, k, k, generator=g).to(dtype)
@@ -232,3 +234,14 @@ def test_gpu_autocast_matches_f_conv2d():
     assert ((y.float() - yr.float()).abs().max() / yr.float().abs().max()).item() < 1e-2
     y.float().sum().backward()
     assert w.grad is not None and w.grad.dtype == torch.float32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_unpadded_forward_path(dtype, monkeypatch):
+    from moderncnn.kernels import _dwconv_triton as K
+
+    monkeypatch.setattr(K, "PAD_INPUT", False)  # the masked, clipped-window loads
+    _gpu_check(8, 64, 56, 56, 31, dtype, channels_last=False)
+    _gpu_check(8, 64, 28, 28, 7, dtype, channels_last=True)

@@ -25,15 +25,23 @@ _IMPLS = ("auto", "torch", "triton")
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_TRITON_K = 63
 
-# Smallest kernel size from which the Triton path beats the faster PyTorch layout on an H100
-# (torch 2.11, batch 64, RepLKNet-31B stage shapes), keyed by (channels_last, needs_backward).
-# Measured with `python benchmarks/large_kernel_dwconv.py`; numbers in docs/benchmarks-dwconv.md.
-_TRITON_MIN_K: dict[tuple[bool, bool], int] = {
-    (False, False): 5,  # NCHW inference: PyTorch's native NCHW kernel scales with k^2 from k=5 on
-    (False, True): 5,
-    (True, False): 7,  # channels_last inference: cuDNN is near the memory floor up to k=5
-    (True, True): 7,
+# Smallest kernel size from which the Triton path beats PyTorch on the same input layout, measured
+# on an H100 (torch 2.11, triton 3.6, batch 64, RepLKNet-31B stage shapes; docs/benchmarks-dwconv.md),
+# keyed by (channels_last, needs_backward, float32). float32 runs 3xTF32 (three MMAs per product), so
+# it needs larger kernels to pay off; PyTorch's channels_last path (cuDNN) is near the memory floor up
+# to k=7 but collapses from k=13 on, its NCHW kernel scales with k² from k=5 on.
+_TRITON_MIN_K: dict[tuple[bool, bool, bool], int] = {
+    (False, False, False): 7,
+    (False, False, True): 27,
+    (False, True, False): 7,
+    (False, True, True): 13,
+    (True, False, False): 13,
+    (True, False, True): 13,
+    (True, True, False): 13,
+    (True, True, True): 13,
 }
+# Inference on NCHW maps this small (7² and below): PyTorch's native kernel wins at every k.
+_TORCH_NCHW_INFERENCE_MAX_HW = 64
 
 _default_impl = os.environ.get("MODERNCNN_DWCONV_IMPL", "auto")
 
@@ -101,8 +109,14 @@ def _auto_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     if k > _MAX_TRITON_K:
         return "torch"
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    min_k = _TRITON_MIN_K[(channels_last, _needs_backward(x, weight, bias))]
-    return "triton" if k >= min_k else "torch"
+    train = _needs_backward(x, weight, bias)
+    if torch.is_autocast_enabled("cuda"):
+        fp32 = torch.get_autocast_dtype("cuda") == torch.float32
+    else:
+        fp32 = x.dtype == torch.float32
+    if not channels_last and not train and x.shape[-2] * x.shape[-1] <= _TORCH_NCHW_INFERENCE_MAX_HW:
+        return "torch"
+    return "triton" if k >= _TRITON_MIN_K[(channels_last, train, fp32)] else "torch"
 
 
 def depthwise_conv2d(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -34,6 +35,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 CONVERT_CHANNELS_LAST = True
 # Tuning hooks (benchmarks/large_kernel_dwconv.py --sweep): entries override the heuristic configs.
 FWD_OVERRIDE: dict = {}
+# Zero-pad the input's columns before the forward kernel (unmasked, vectorized row loads).
+PAD_INPUT = True
 WGRAD_OVERRIDE: dict = {}
 
 
@@ -46,14 +49,14 @@ def _next_pow2(n: int) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "K", "PAD", "ROWS", "i_lo", "i_hi", "TAP_OFF"])
 def _dw_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
-    H, W, K, PAD, ROWS, i_lo, i_hi,
+    H, W, K, PAD, ROWS, i_lo, i_hi, TAP_OFF,
     sxn, sxc, sxh, sxw,
     syn, syc, syh, syw,
     HAS_BIAS: tl.constexpr, BM: tl.constexpr, BW: tl.constexpr, KP: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PADDED: tl.constexpr, PRECISION: tl.constexpr,
 ):
     # program (m-block x w-tile, channel); m-blocks of one channel are neighbours so halos hit in L2.
     pid = tl.program_id(0)
@@ -61,18 +64,27 @@ def _dw_fwd_kernel(
     n_wt = tl.cdiv(W, BW)
     pm = pid // n_wt
     w0 = (pid % n_wt) * BW
-    # the input window of this w-tile starts at s (clamped: columns left of 0 are padding zeros)
-    s = tl.maximum(w0 - PAD, 0)
 
     rows = pm * BM + tl.arange(0, BM)  # flattened (n, h) output rows
     row_ok = rows < ROWS
     n = rows // H
     h = rows % H
-    cols_in = s + tl.arange(0, KP)  # input columns of the window
-    col_ok = cols_in < W
     cols_out = w0 + tl.arange(0, BW)
-    # T[a, b] = w[i, tap] with tap = (input col) - (output col) + PAD, zero outside [0, K)
-    tap = cols_in[:, None] - cols_out[None, :] + PAD
+    if PADDED:
+        # x was zero-padded (conv_forward) so that the window of this w-tile is KP in-bounds columns
+        # starting at padded column w0: loads need no column mask and stay 16-byte aligned
+        # (vectorized). tap = window column - output column + TAP_OFF (0 when PAD zeros were added
+        # on the left, PAD when the window is the whole row starting at image column 0).
+        a_cols = w0 + tl.arange(0, KP)
+        tap = tl.arange(0, KP)[:, None] - tl.arange(0, BW)[None, :] + TAP_OFF
+        col_ok = a_cols >= 0  # all true; keeps one code path for the mask below
+    else:
+        # window clipped to the image: starts at s >= 0, columns >= W are padding zeros
+        s = tl.maximum(w0 - PAD, 0)
+        a_cols = s + tl.arange(0, KP)
+        col_ok = a_cols < W
+        tap = a_cols[:, None] - cols_out[None, :] + PAD
+    # banded weight T[a, b] = w[i, tap], zero outside [0, K)
     tap_ok = (tap >= 0) & (tap < K)
 
     x_row_base = x_ptr + n.to(tl.int64) * sxn + c.to(tl.int64) * sxc
@@ -80,8 +92,12 @@ def _dw_fwd_kernel(
     acc = tl.zeros((BM, BW), dtype=tl.float32)
     for i in range(i_lo, i_hi):
         hin = h + i - PAD
-        a_mask = (row_ok & (hin >= 0) & (hin < H))[:, None] & col_ok[None, :]
-        a = tl.load(x_row_base[:, None] + hin[:, None] * sxh + cols_in[None, :] * sxw, mask=a_mask, other=0.0)
+        r_ok = row_ok & (hin >= 0) & (hin < H)
+        a_ptrs = x_row_base[:, None] + hin[:, None] * sxh + a_cols[None, :] * sxw
+        if PADDED:
+            a = tl.load(a_ptrs, mask=r_ok[:, None], other=0.0)
+        else:
+            a = tl.load(a_ptrs, mask=r_ok[:, None] & col_ok[None, :], other=0.0)
         t = tl.load(w_base + i * K + tap, mask=tap_ok, other=0.0)
         acc = tl.dot(a, t.to(a.dtype), acc, input_precision=PRECISION)
 
@@ -170,10 +186,22 @@ def _fwd_config(N: int, C: int, H: int, W: int, k: int, dtype: torch.dtype) -> d
     if INTERPRET:
         bm = 16
     num_warps = 8 if bm * bw >= 128 * 64 else 4
+    if H <= 14 and not INTERPRET:  # small maps: more, smaller programs (measured, docs/kernels.md)
+        bm, num_warps = 64, 4
     cfg = dict(BM=bm, BW=bw, KP=kp, num_warps=num_warps, num_stages=3)
     cfg.update(FWD_OVERRIDE)
     if "BW" in FWD_OVERRIDE and "KP" not in FWD_OVERRIDE:
         cfg["KP"] = max(16, _next_pow2(min(cfg["BW"] + k - 1, W)))
+    # Zero-pad x so the kernel's loads need no column mask when either the full window fits in KP
+    # ("left": PAD zeros on the left) or one tile covers the whole row ("row": zeros on the right).
+    if not PAD_INPUT:
+        cfg.setdefault("PADDED", None)
+    elif cfg["KP"] >= cfg["BW"] + k - 1:
+        cfg.setdefault("PADDED", "left")
+    elif cfg["BW"] >= W and cfg["KP"] >= W:
+        cfg.setdefault("PADDED", "row")
+    else:
+        cfg.setdefault("PADDED", None)
     return cfg
 
 
@@ -186,14 +214,16 @@ def _wgrad_config(N: int, C: int, H: int, W: int, k: int, device: torch.device) 
     rows = N * H
     n_sm = 132 if INTERPRET else torch.cuda.get_device_properties(device).multi_processor_count
     # enough programs for ~8 waves over the SMs, but each program keeps >= 4 GEMM steps of rows
-    waves = WGRAD_OVERRIDE.get("waves", 8)
+    # measured: 32 waves beat 8 on the 28²/56² maps (more, shorter programs), not on 14²/7²
+    waves = WGRAD_OVERRIDE.get("waves", 32 if H >= 28 else 8)
     split = max(1, min(-(-waves * n_sm // C), -(-rows // (4 * rb))))
     rows_per_prog = -(-rows // split)
     rows_per_prog = -(-rows_per_prog // rb) * rb
     split = -(-rows // rows_per_prog)
     return dict(
         KP=kp, BW=bw, RB=rb, split=split, rows_per_prog=rows_per_prog,
-        num_warps=WGRAD_OVERRIDE.get("num_warps", 4), num_stages=WGRAD_OVERRIDE.get("num_stages", 3),
+        num_warps=WGRAD_OVERRIDE.get("num_warps", 4),
+        num_stages=WGRAD_OVERRIDE.get("num_stages", 2),
     )
 
 
@@ -217,12 +247,21 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         return y
     cfg = _fwd_config(N, C, H, W, k, x.dtype)
     i_lo, i_hi = max(0, pad - H + 1), min(k, pad + H)  # kernel rows that ever touch the image
-    grid = (triton.cdiv(N * H, cfg["BM"]) * triton.cdiv(W, cfg["BW"]), C)
+    n_wt = triton.cdiv(W, cfg["BW"])
+    tap_off = 0
+    if cfg["PADDED"]:
+        # pad columns (left: `pad` zeros; right: up to the last window's end), width rounded to 16
+        # elements so every row starts 16-byte aligned. One copy, which also converts channels_last.
+        left = pad if cfg["PADDED"] == "left" else 0
+        tap_off = pad - left
+        wp = -(-((n_wt - 1) * cfg["BW"] + cfg["KP"]) // 16) * 16
+        x = F.pad(x, (left, wp - W - left)).contiguous()
+    grid = (triton.cdiv(N * H, cfg["BM"]) * n_wt, C)
     _dw_fwd_kernel[grid](
         x, w, bias if bias is not None else w, y,
-        H, W, k, pad, N * H, i_lo, i_hi,
+        H, W, k, pad, N * H, i_lo, i_hi, tap_off,
         *x.stride(), *y.stride(),
-        HAS_BIAS=bias is not None, BM=cfg["BM"], BW=cfg["BW"], KP=cfg["KP"],
+        HAS_BIAS=bias is not None, BM=cfg["BM"], BW=cfg["BW"], KP=cfg["KP"], PADDED=bool(cfg["PADDED"]),
         PRECISION=_precision(x.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return y
