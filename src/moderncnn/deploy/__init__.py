@@ -1,0 +1,15 @@
+"""Deployment: fuse (re-parameterize + fold BatchNorm), export (ONNX, torch.export, safetensors), bench."""
+
+from .export import ExportResult, export_model, load_checkpoint_model, load_exported
+from .fuse import FuseReport, count_batchnorms, fuse, is_fused
+
+__all__ = [
+    "ExportResult",
+    "FuseReport",
+    "count_batchnorms",
+    "export_model",
+    "fuse",
+    "is_fused",
+    "load_checkpoint_model",
+    "load_exported",
+]
