@@ -113,7 +113,6 @@ class RepVGGBlock(nn.Module):
         self.conv_3x3: ConvBN | None = None
         self.conv_1x1: ConvBN | None = None
         self.identity: nn.BatchNorm2d | None = None
-        self.drop_path: nn.Module = nn.Identity()
         if deploy:
             self.reparam_conv = self._fused_conv()
         else:
@@ -121,8 +120,8 @@ class RepVGGBlock(nn.Module):
             self.conv_1x1 = ConvBN(in_chs, out_chs, 1, stride, padding=0, groups=groups)
             if in_chs == out_chs and stride == 1:
                 self.identity = nn.BatchNorm2d(in_chs)
-                if drop_path > 0:
-                    self.drop_path = DropPath(drop_path)
+        has_drop = drop_path > 0 and self.identity is not None
+        self.drop_path = DropPath(drop_path) if has_drop else nn.Identity()
         self.se = SqueezeExcite(out_chs, se_hidden) if se_hidden else nn.Identity()
         self.act = nn.ReLU(inplace=True)
 
