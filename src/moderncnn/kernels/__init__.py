@@ -42,6 +42,8 @@ _TRITON_MIN_K: dict[tuple[bool, bool, bool], int] = {
 }
 # Inference on NCHW maps this small (7² and below): PyTorch's native kernel wins at every k.
 _TORCH_NCHW_INFERENCE_MAX_HW = 64
+# On maps up to 14² the fixed costs of our three launches dominate at k=7: Triton from k=13 only.
+_SMALL_MAP_HW, _SMALL_MAP_MIN_K = 196, 13
 
 _default_impl = os.environ.get("MODERNCNN_DWCONV_IMPL", "auto")
 
@@ -116,7 +118,10 @@ def _auto_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         fp32 = x.dtype == torch.float32
     if not channels_last and not train and x.shape[-2] * x.shape[-1] <= _TORCH_NCHW_INFERENCE_MAX_HW:
         return "torch"
-    return "triton" if k >= _TRITON_MIN_K[(channels_last, train, fp32)] else "torch"
+    min_k = _TRITON_MIN_K[(channels_last, train, fp32)]
+    if x.shape[-2] * x.shape[-1] <= _SMALL_MAP_HW:
+        min_k = max(min_k, _SMALL_MAP_MIN_K)
+    return "triton" if k >= min_k else "torch"
 
 
 def depthwise_conv2d(
