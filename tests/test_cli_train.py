@@ -136,3 +136,20 @@ def test_demo_runs_end_to_end_and_says_where_it_wrote(tmp_path, capsys):
                  "model_deploy.json"):
         assert (out_dir / name).is_file(), name
     assert torch.load(out_dir / "last.state.pt", weights_only=True)["global_step"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r != "fashion-mnist"])
+def test_each_recipe_takes_a_training_step(tmp_path, recipe):
+    """Full-size models, one optimizer step at 64 px on 8 Fashion-MNIST images (progressive sizes ignore it)."""
+    import moderncnn
+
+    model = load_recipe(recipe)["model"]
+    if model not in moderncnn.list_models():
+        pytest.skip(f"{model} is not registered yet")
+    rc = main(["train", "--recipe", recipe, "--dataset", "fashion-mnist", "--max-steps", "1", "-b", "2",
+               "--grad-accum-steps", "1", "--train-samples", "8", "--val-samples", "2", "-j", "0", "--no-progress",
+               "--no-plots", "--no-fuse", "--img-size", "64", "--eval-img-size", "64", "--output", str(tmp_path)])
+    assert rc == 0
+    state = torch.load(tmp_path / "last.state.pt", weights_only=True)
+    assert state["global_step"] == 1 and state["model"] == model

@@ -226,3 +226,22 @@ def test_lr_base_is_scaled_by_the_global_batch(tmp_path):
                       sched="constant", max_steps=2, epochs=1)
     train(cfg, train_dataset=tr, val_dataset=va, callbacks=[rec])
     assert rec.lrs == [pytest.approx(0.1 * 8 / 256)] * 2  # 4 per step × 2 accumulation × 1 process
+
+
+def _initial_weights(cfg):
+    torch.manual_seed(cfg.seed)  # the trainer seeds, then builds the model
+    kw = {k: tuple(v) for k, v in cfg.model_kwargs.items()}
+    return create_model(cfg.model, num_classes=4, in_chans=1, **kw).state_dict()
+
+
+@pytest.mark.parametrize("opts", [dict(amp=True, channels_last=True),
+                                  pytest.param(dict(compile=True), marks=pytest.mark.slow)])
+def test_bf16_autocast_channels_last_and_compile_train(tmp_path, opts):
+    tr, va = data()
+    cfg = tiny_config(tmp_path, max_steps=3, epochs=1, **opts)
+    result = train(cfg, train_dataset=tr, val_dataset=va)
+    assert result.global_step == 3 and result.last_metrics["eval_top1"] >= 0
+    before, after = _initial_weights(cfg), load_file(str(tmp_path / "run" / "last.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)

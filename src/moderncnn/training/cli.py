@@ -76,6 +76,7 @@ _TRAIN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--train-samples",), "train_samples", dict(type=int, help="train on a random subset of this size")),
     (("--val-samples",), "val_samples", dict(type=int)),
     (("-j", "--workers"), "workers", dict(type=int)),
+    (("--threads",), "threads", dict(type=int, help="torch threads per process")),
     (("--epochs",), "epochs", dict(type=int)),
     (("-b", "--batch-size"), "batch_size", dict(type=int, help="per process (global = b × processes × accum)")),
     (("--lr",), "lr", dict(type=float, help="absolute learning rate (default: lr-base × global batch / lr-base-size)")),

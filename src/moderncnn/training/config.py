@@ -52,6 +52,7 @@ class TrainConfig:
     train_samples: int | None = None  # train on a fixed random subset (quick runs, tests)
     val_samples: int | None = None
     workers: int = 2
+    threads: int | None = None  # torch intra-op threads of each process; None: torch's default
     # -- optimization --------------------------------------------------------------------------------
     epochs: int = 10
     batch_size: int = 128  # per process

@@ -172,6 +172,8 @@ class Trainer:
         cfg = self.cfg
         self.dist: DistInfo = init_distributed(cfg.device)
         self.device = self.dist.device
+        if cfg.threads:  # on a small CPU, 1 thread plus a loader worker beats oversubscribed OpenMP threads
+            torch.set_num_threads(cfg.threads)
         _seed_all(cfg.seed)
         self._build_data()
         self._build_model()
