@@ -47,8 +47,8 @@ def _config(out: str, batch_size: int):
     return from_dict(dict(
         model="convnext_atto", model_kwargs=TINY_CONVNEXT, img_size=16, train_crop="pad", hflip=0.5, crop_pct=1.0,
         mean=[0.3], std=[0.3], epochs=2, batch_size=batch_size, lr=3e-3, opt="adamw", weight_decay=0.05,
-        clip_grad=1.0, workers=0, no_progress=True, log_interval=1000, output=out, fuse=False, plots=False,
-        seed=7, device="cpu",
+        clip_grad=1.0, workers=0, no_progress=True, log_interval=1000, output=out, fuse=True, plots=False,
+        seed=7, device="cpu", model_ema=True, model_ema_decay=0.9,
     ))
 
 
@@ -74,8 +74,11 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert a.keys() == b.keys()
     moved = max((a[k] - a[k].new_tensor(0)).abs().max().item() for k in a)
     assert moved > 0
+    ea, eb = load_file(str(one / "last_ema.safetensors")), load_file(str(two / "last_ema.safetensors"))
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), (k, (a[k] - b[k]).abs().max())
+        assert torch.allclose(ea[k], eb[k], atol=1e-5, rtol=0), (k, (ea[k] - eb[k]).abs().max())
+    assert (two / "model_deploy.safetensors").is_file()  # rank 0 exported while rank 1 waited
     # evaluation is sharded too (rank r takes images r, r + 2, ...; 15 images: 8 + 7) and summed
     rows = [list(csv.DictReader(open(d / "metrics.csv"))) for d in (one, two)]
     for r1, r2 in zip(*rows):

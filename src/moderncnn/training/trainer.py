@@ -161,6 +161,7 @@ class Trainer:
         self.best_epoch: int | None = None
         self._stop_requested = False
         self._last_saved_step: int | None = None
+        self.last_eval: tuple[float | None, float | None] = (None, None)  # (raw, EMA) top-1 of the last eval
 
     # -- output ----------------------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -672,7 +673,10 @@ class Trainer:
                 ee = self.evaluate(self.ema.module)
                 row.update(ema_eval_loss=ee["loss"], ema_eval_top1=ee["top1"], ema_eval_top5=ee["top5"])
                 metric = max(metric, ee["top1"])
+                self.last_eval = (ev["top1"], ee["top1"])
                 msg += f" (EMA {ee['top1']:.2f}% / {ee['top5']:.2f}%)"
+            else:
+                self.last_eval = (ev["top1"], None)
             self.log(msg + f"  [{epoch_time:.1f} s]")
         for cb in self.callbacks:
             cb.on_epoch_end(self, row)
@@ -721,10 +725,10 @@ class Trainer:
     def export_deploy(self) -> dict[str, Any]:
         """Fuse the final weights (the EMA ones when they evaluate better) and write ``model_deploy.*``."""
         source, which = self.model, "raw"
-        if self.ema is not None and self.best_top1 is not None:
-            ev_raw, ev_ema = self.evaluate(self.model)["top1"], self.evaluate(self.ema.module)["top1"]
-            if ev_ema >= ev_raw:
-                source, which = self.ema.module, "ema"
+        # no new evaluation here: only rank 0 exports, and evaluate() all-reduces across ranks
+        raw_top1, ema_top1 = self.last_eval
+        if self.ema is not None and ema_top1 is not None and raw_top1 is not None and ema_top1 >= raw_top1:
+            source, which = self.ema.module, "ema"
         model = copy.deepcopy(source).float().to("cpu").eval()
         model = model.to(memory_format=torch.contiguous_format)
         fused, how = fuse_for_deploy(model)
