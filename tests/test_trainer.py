@@ -97,6 +97,7 @@ def test_resume_is_exact_mid_epoch_and_across_epochs(tmp_path, capsys):
     rows = [list(csv.DictReader(open(tmp_path / d / "metrics.csv"))) for d in ("straight", "stopped")]
     assert [r["epoch"] for r in rows[1]] == ["0", "1"]
     assert [r["eval_top1"] for r in rows[0]] == [r["eval_top1"] for r in rows[1]]
+    assert [r["train_loss"] for r in rows[0]] == [r["train_loss"] for r in rows[1]]
     assert [r["ema_eval_top1"] for r in rows[0]] == [r["ema_eval_top1"] for r in rows[1]]
 
 

@@ -143,6 +143,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
         if (run_dir / "config.yaml").is_file():
             values.update(read_yaml(run_dir / "config.yaml"))
+            values.pop("max_steps", None)  # the stop that ended the earlier run is not this run's
     for _, dest, _ in _TRAIN_FLAGS:
         if hasattr(args, dest):
             v = getattr(args, dest)

@@ -162,6 +162,7 @@ class Trainer:
         self._stop_requested = False
         self._last_saved_step: int | None = None
         self.last_eval: tuple[float | None, float | None] = (None, None)  # (raw, EMA) top-1 of the last eval
+        self.epoch_loss: tuple[float, int] = (0.0, 0)  # running (sum, count) of this epoch's step losses
 
     # -- output ----------------------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -387,6 +388,7 @@ class Trainer:
             "global_step": self.global_step,
             "optimizer": self.optimizer.state_dict(),
             "rng": ckpt_io.rng_state(),
+            "epoch_loss": list(self.epoch_loss),
             "best_top1": self.best_top1,
             "best_epoch": self.best_epoch,
             "has_ema": self.ema is not None,
@@ -424,6 +426,7 @@ class Trainer:
                 f"the optimizer state in {ck.path} does not fit --opt {self.cfg.opt}: {exc}") from exc
         self.epoch, self.step_in_epoch, self.global_step = st["epoch"], st["step_in_epoch"], st["global_step"]
         self.best_top1, self.best_epoch = st.get("best_top1"), st.get("best_epoch")
+        self.epoch_loss = tuple(st.get("epoch_loss", (0.0, 0)))
         self._resume_rng = st["rng"] if self.dist.rank == 0 else None
         self._last_saved_step = self.global_step
         self.log(f"resumed from {ck.path}: epoch {self.epoch + 1}, step {self.step_in_epoch} of that epoch, "
@@ -495,7 +498,9 @@ class Trainer:
         self.train_model.train()
         prog = Progress(updates - start, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=self.primary,
                         use_bar=not cfg.no_progress and sys.stderr.isatty(), log_interval=cfg.log_interval)
-        total, count, lr = 0.0, 0, self.last_lr
+        # the epoch's mean loss survives a mid-epoch resume: the running sums are part of the checkpoint
+        total, count = self.epoch_loss if start > 0 else (0.0, 0)
+        lr = self.last_lr
         try:
             for i in range(start, updates):
                 lr = self.schedule.step(self.optimizer, self._sched_step(i, updates))
@@ -535,6 +540,7 @@ class Trainer:
                 self.global_step += 1
                 self.step_in_epoch = i + 1
                 total, count = total + loss_val, count + 1
+                self.epoch_loss = (total, count)
                 prog.update(i + 1 - start, loss=loss_val, lr=lr)
                 for cb in self.callbacks:
                     cb.on_step_end(self)
