@@ -1,0 +1,115 @@
+"""Batch-1 CPU latency: RepVGG deploy (fused) vs train form, and ours vs timm, interleaved.
+
+    PYTHONPATH=src python benchmarks/cpu_latency.py --threads 1 --out docs/benchmarks-cpu.md
+
+224², fp32, ``torch.inference_mode``. The four variants of each model (ours train / ours fused / timm
+train / timm reparameterized) run in rotating order, one forward each, many times; the median of each
+is reported, so load from other processes on a shared machine hits all four alike. The load average
+before and after is written beside the numbers.
+
+Targets: RepVGG fused ≥ 1.3× faster than its train form (RepVGG paper §4, Table 4 reports the
+deploy speed; performance.md §9 goal 4); ours no slower than timm (ratio ≥ 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from moderncnn.deploy.bench import build_ours, build_timm
+from moderncnn.registry import list_models
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def measure(name: str, size: int, runs: int, warmup: int) -> dict[str, float]:
+    """Median batch-1 latency (ms) of ours/timm in train and deploy form, interleaved."""
+    models = {
+        "ours train": build_ours(name, "train").eval(),
+        "ours fused": build_ours(name, "deploy"),
+        "timm train": build_timm(name, "train").eval(),
+        "timm fused": build_timm(name, "deploy"),
+    }
+    x = torch.randn(1, 3, size, size)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    keys = list(models)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for m in models.values():
+                m(x)
+        for i in range(runs):
+            order = keys[i % len(keys):] + keys[: i % len(keys)]  # rotate who goes first
+            for k in order:
+                t = time.perf_counter()
+                models[k](x)
+                times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="*", default=["repvgg_a0"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--out", default="docs/benchmarks-cpu.md")
+    args = ap.parse_args()
+    import timm
+
+    torch.set_num_threads(args.threads)
+    have = set(list_models())
+    missing = [m for m in args.models if m not in have]
+    if missing:
+        print(f"not registered in moderncnn: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    load_before = _loadavg()
+    rows = []
+    for name in args.models:
+        ms = measure(name, args.img_size, args.runs, args.warmup)
+        rows.append((name, ms))
+        print(name, {k: round(v, 2) for k, v in ms.items()}, flush=True)
+    load_after = _loadavg()
+    command = "PYTHONPATH=src python benchmarks/cpu_latency.py " + " ".join(sys.argv[1:])
+    lines = [
+        "# Batch-1 CPU latency (fp32, 224²)",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; torch {torch.__version__}, timm {timm.__version__}; "
+        f"{args.threads} thread(s) on a {os.cpu_count()}-core machine",
+        f"- load average (1/5/15 min) before {load_before}, after {load_after}: the machine was shared with "
+        "other jobs, so absolute numbers are noisy; the four variants were interleaved (rotating order, "
+        f"{args.runs} runs each, median) so the ratios are the meaningful part",
+        f"- command: `{command}`",
+        "",
+        "| model | ours train ms | ours fused ms | fused speed-up (target ≥ 1.3×) | timm train ms | timm fused ms "
+        "| ours/timm train | ours/timm fused (target ≥ 1.0×) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, ms in rows:
+        up = ms["ours train"] / ms["ours fused"]
+        r_train = ms["timm train"] / ms["ours train"]
+        r_fused = ms["timm fused"] / ms["ours fused"]
+        lines.append(
+            f"| {name} | {ms['ours train']:.2f} | {ms['ours fused']:.2f} | {up:.2f}× | {ms['timm train']:.2f} "
+            f"| {ms['timm fused']:.2f} | {r_train:.2f}× | {r_fused:.2f}× |"
+        )
+    lines += ["", "Ratios are speed ratios (> 1 means ours / the fused form is faster)."]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

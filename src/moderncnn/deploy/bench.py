@@ -1,0 +1,338 @@
+"""Throughput of our models (train form and fused deploy form), optionally side by side with timm.
+
+Protocol (performance.md §9): warm-up, device sync, then several rounds of timed iterations and the
+median per-batch time. With ``vs_timm`` our model and timm's implementation of the same model are timed
+in alternating rounds in the same process, so clock and thermal drift hit both alike. Inference runs
+under ``torch.inference_mode``; a training step is forward + backward + SGD step. ``precision`` bf16
+or fp16 means autocast (weights stay fp32), as timm's ``benchmark.py --amp`` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class BenchResult:
+    model: str
+    impl: str  # "moderncnn" or "timm"
+    form: str  # "train" (as trained) or "deploy" (fused / re-parameterized)
+    mode: str  # "infer" or "train"
+    device: str
+    precision: str
+    batch: int
+    img_size: int
+    channels_last: bool
+    compiled: bool
+    img_per_s: float
+    ms_per_batch: float
+    peak_mem_mb: float | None
+    params_m: float
+    gmacs: float
+    vs_timm: float | None = None  # our img/s ÷ timm's img/s (on our rows)
+
+
+def check_device(device: str) -> torch.device:
+    """The torch device for ``device``, or a clear error if this machine does not have it."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device {device}: no CUDA device is available on this machine (torch {torch.__version__}, "
+            f"torch.cuda.is_available() is False); use --device cpu or run on a GPU machine"
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: only cpu and cuda are supported")
+    return dev
+
+
+def import_timm():
+    try:
+        import timm
+    except ImportError as exc:
+        raise ConfigError("--vs-timm needs timm, which is not installed: pip install timm") from exc
+    return timm
+
+
+def timm_name(name: str) -> str | None:
+    """timm's name for our model, or None if timm does not have it."""
+    return name if import_timm().is_model(name) else None
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _autocast(dev: torch.device, precision: str):
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(dev.type, dtype=dtype)
+
+
+@dataclass
+class Runner:
+    """One model ready to time: ``step()`` runs one batch (inference or a training step)."""
+
+    name: str
+    impl: str
+    form: str
+    mode: str
+    step: Callable[[], None]
+    params: int
+    gmacs: float
+    peak_mem_mb: float | None = None
+
+
+def build_ours(name: str, form: str, num_classes: int = 1000) -> nn.Module:
+    from ..factory import create_model
+    from .fuse import fuse
+
+    model = create_model(name, num_classes=num_classes)
+    return fuse(model) if form == "deploy" else model
+
+
+def build_timm(name: str, form: str, num_classes: int = 1000) -> nn.Module:
+    timm = import_timm()
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    if form == "deploy":
+        from timm.utils.model import reparameterize_model
+
+        model = reparameterize_model(model.eval())
+    return model
+
+
+def make_runner(
+    model: nn.Module,
+    *,
+    name: str,
+    impl: str,
+    form: str,
+    mode: str,
+    dev: torch.device,
+    batch: int,
+    img_size: int,
+    precision: str,
+    channels_last: bool,
+    compile: bool,
+    in_chans: int = 3,
+    complexity: bool = True,
+) -> Runner:
+    """Move ``model`` to ``dev`` and wrap it into a ``step`` closure; count params and GMACs first."""
+    from ..analysis.complexity import count_gmacs, count_params
+
+    params = count_params(model)
+    gmacs = count_gmacs(model, img_size, in_chans) if complexity else float("nan")
+    model = model.to(dev)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = torch.randn(batch, in_chans, img_size, img_size, device=dev).contiguous(memory_format=fmt)
+    if mode == "infer":
+        model.eval()
+        fn = torch.compile(model) if compile else model
+
+        def step() -> None:
+            with torch.inference_mode(), _autocast(dev, precision):
+                fn(x)
+    else:
+        model.train()
+        fn = torch.compile(model) if compile else model
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        target = torch.randint(0, 10, (batch,), device=dev)
+        loss_fn = nn.CrossEntropyLoss()
+
+        def step() -> None:
+            with _autocast(dev, precision):
+                loss = loss_fn(fn(x), target)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    return Runner(name, impl, form, mode, step, params, gmacs)
+
+
+def _time_round(runner: Runner, iters: int, dev: torch.device) -> float:
+    """Seconds per batch over ``iters`` back-to-back steps (CUDA events on GPU)."""
+    if dev.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            runner.step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / iters
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        runner.step()
+    return (time.perf_counter() - t0) / iters
+
+
+def time_interleaved(
+    runners: list[Runner], dev: torch.device, *, warmup: int = 5, iters: int = 10, rounds: int = 5
+) -> list[float]:
+    """Median seconds per batch of each runner, measured in alternating rounds (A B A B ...)."""
+    for r in runners:
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+        for _ in range(warmup):
+            r.step()
+        _sync(dev)
+        if dev.type == "cuda":
+            r.peak_mem_mb = torch.cuda.max_memory_allocated(dev) / 2**20
+    samples: list[list[float]] = [[] for _ in runners]
+    for _ in range(rounds):
+        for i, r in enumerate(runners):
+            samples[i].append(_time_round(r, iters, dev))
+    return [statistics.median(s) for s in samples]
+
+
+def _combos(mode: str, form: str) -> Iterator[tuple[str, str]]:
+    modes = ("infer", "train") if mode == "both" else (mode,)
+    forms = ("train", "deploy") if form == "both" else (form,)
+    for m in modes:
+        for f in forms:
+            if m == "train" and f == "deploy":
+                continue  # a deploy-form model is for inference; training it means training another net
+            yield m, f
+
+
+def benchmark(
+    models: list[str],
+    *,
+    device: str = "cpu",
+    batch: int = 32,
+    img_size: int | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
+    mode: str = "infer",
+    form: str = "train",
+    vs_timm: bool = False,
+    warmup: int = 5,
+    iters: int = 10,
+    rounds: int = 5,
+    num_classes: int = 1000,
+    log: Callable[[str], None] | None = print,
+) -> list[BenchResult]:
+    """Time every model in ``models`` for each (mode, form); returns one row per (impl, mode, form)."""
+    from ..registry import get_entry
+
+    dev = check_device(device)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if vs_timm:
+        import_timm()
+    say = log or (lambda _m: None)
+    rows: list[BenchResult] = []
+    for name in models:
+        entry = get_entry(name)
+        size = img_size or entry.input_size
+        tname = timm_name(name) if vs_timm else None
+        if vs_timm and tname is None:
+            say(f"note: timm has no {name}; timing ours alone")
+        for m, f in _combos(mode, form):
+            kw = dict(mode=m, form=f, dev=dev, batch=batch, img_size=size, precision=precision,
+                      channels_last=channels_last, compile=compile)
+            runners = [make_runner(build_ours(name, f, num_classes), name=name, impl="moderncnn", **kw)]
+            if tname is not None:
+                runners.append(make_runner(build_timm(tname, f, num_classes), name=tname, impl="timm", **kw))
+            secs = time_interleaved(runners, dev, warmup=warmup, iters=iters, rounds=rounds)
+            group = [
+                BenchResult(
+                    model=r.name, impl=r.impl, form=f, mode=m, device=str(dev), precision=precision,
+                    batch=batch, img_size=size, channels_last=channels_last, compiled=compile,
+                    img_per_s=batch / s, ms_per_batch=s * 1e3, peak_mem_mb=r.peak_mem_mb,
+                    params_m=r.params / 1e6, gmacs=r.gmacs,
+                )
+                for r, s in zip(runners, secs)
+            ]
+            if len(group) == 2:
+                group[0].vs_timm = group[0].img_per_s / group[1].img_per_s
+            rows += group
+            for row in group:
+                say(format_row(row))
+            del runners
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+HEADER = (
+    f"{'model':<22} {'impl':<9} {'form':<6} {'mode':<5} {'img/s':>10} {'ms/batch':>9} "
+    f"{'peak MB':>8} {'params M':>9} {'GMACs':>7} {'vs timm':>8}"
+)
+
+
+def format_row(r: BenchResult) -> str:
+    mem = f"{r.peak_mem_mb:.0f}" if r.peak_mem_mb is not None else "-"
+    ratio = f"{r.vs_timm:.2f}x" if r.vs_timm is not None else ""
+    return (
+        f"{r.model:<22} {r.impl:<9} {r.form:<6} {r.mode:<5} {r.img_per_s:>10.1f} {r.ms_per_batch:>9.2f} "
+        f"{mem:>8} {r.params_m:>9.2f} {r.gmacs:>7.3f} {ratio:>8}"
+    )
+
+
+def write_results(rows: list[BenchResult], out: str | Path, meta: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``rows`` as ``<out>.csv`` and ``<out>.json`` (a suffix on ``out`` is replaced)."""
+    out = Path(out)
+    base = out.with_suffix("") if out.suffix in (".csv", ".json") else out
+    base.parent.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = Path(str(base) + ".csv"), Path(str(base) + ".json")
+    names = [f.name for f in fields(BenchResult)]
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=names)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(asdict(r))
+    json_path.write_text(json.dumps({"meta": meta or {}, "results": [asdict(r) for r in rows]}, indent=2) + "\n")
+    return [csv_path, json_path]
+
+
+def environment() -> dict[str, Any]:
+    """Versions and card, for the header of every results file."""
+    env: dict[str, Any] = {"torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+    else:
+        env["cpu_threads"] = torch.get_num_threads()
+    with contextlib.suppress(ImportError):
+        import timm
+
+        env["timm"] = timm.__version__
+    with contextlib.suppress(ImportError):
+        import triton
+
+        env["triton"] = triton.__version__
+    return env
+
+
+__all__ = [
+    "BenchResult",
+    "benchmark",
+    "check_device",
+    "environment",
+    "format_row",
+    "make_runner",
+    "time_interleaved",
+    "write_results",
+]

@@ -1,0 +1,116 @@
+"""``moderncnn fuse``, ``moderncnn export`` and ``moderncnn bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _fuse(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_file
+
+    from .export import config_overrides, load_checkpoint_model
+    from .fuse import fuse
+
+    model = load_checkpoint_model(args.checkpoint, args.model, num_classes=args.num_classes, use_ema=args.ema)
+    fused, report = fuse(model, report=True)
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        out = Path(str(out) + ".safetensors")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in fused.state_dict().items()}, str(out),
+              metadata={"format": "pt", "moderncnn": "fused"})
+    side = {
+        "model_name": fused.model_name,
+        "overrides": config_overrides(fused),
+        "fused": True,
+        "features_only": bool(getattr(fused, "features_only", False)),
+        "out_indices": list(getattr(fused, "out_indices", ())) or None,
+    }
+    out.with_suffix(".json").write_text(json.dumps(side, indent=2, default=list) + "\n")
+    print(report)
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    result = export_model(
+        args.source, args.format, args.out, img_size=args.img_size, batch=args.batch,
+        model_name=args.model, num_classes=args.num_classes, check=not args.no_check,
+    )
+    worst = max(result.errors.values(), default=0.0)
+    if worst > args.tolerance:
+        print(f"moderncnn export: the exported file differs from PyTorch by {worst:.2e} "
+              f"(> --tolerance {args.tolerance:g})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ..registry import list_models
+    from .bench import HEADER, benchmark, check_device, environment, write_results
+
+    check_device(args.device)  # before anything is printed or built
+    models = args.models or ["convnext_atto"]
+    names = []
+    for pattern in models:  # shell patterns allowed: 'repvgg_a*'
+        found = list_models(pattern) if any(c in pattern for c in "*?[") else [pattern]
+        names += found
+    env = environment()
+    print(" ".join(f"{k}={v}" for k, v in env.items()))
+    print(HEADER)
+    rows = benchmark(
+        names, device=args.device, batch=args.batch, img_size=args.img_size, precision=args.precision,
+        channels_last=args.channels_last, compile=args.compile, mode=args.mode, form=args.form,
+        vs_timm=args.vs_timm, warmup=args.warmup, iters=args.iters, rounds=args.rounds,
+    )
+    if args.out:
+        meta = {**env, "command": "moderncnn " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])}
+        paths = write_results(rows, args.out, meta)
+        print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fuse", help="write the deploy form (re-parameterized, BN folded) of a checkpoint")
+    p.add_argument("checkpoint", help="our .safetensors, or a training checkpoint file or folder")
+    p.add_argument("--model", default=None, help="model name (default: from the JSON config beside it)")
+    p.add_argument("--out", required=True, help="output .safetensors (a .json config is written beside)")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
+    p.set_defaults(func=_fuse)
+
+    p = sub.add_parser("export", help="fuse, export to onnx / torch-export / safetensors, and verify")
+    p.add_argument("source", metavar="MODEL_OR_CHECKPOINT", help="a model name (random weights) or checkpoint")
+    p.add_argument("--format", choices=("onnx", "torch-export", "safetensors"), default="onnx")
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", default=None, help="model name when the checkpoint has no JSON config")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--img-size", type=int, default=None, help="default: the model's input size")
+    p.add_argument("--batch", type=int, default=2, help="trace batch (at least 2; the batch is dynamic)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max relative error accepted")
+    p.add_argument("--no-check", action="store_true", help="skip reloading and comparing the file")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("bench", help="throughput of train and deploy forms, optionally vs timm")
+    p.add_argument("models", nargs="*", help="model names or patterns (default: convnext_atto)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("-b", "--batch", type=int, default=32)
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="bf16/fp16 = autocast")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile (after fusing)")
+    p.add_argument("--mode", choices=("infer", "train", "both"), default="infer")
+    p.add_argument("--form", choices=("train", "deploy", "both"), default="train",
+                   help="deploy = fused (timm: timm.utils.model.reparameterize_model)")
+    p.add_argument("--vs-timm", action="store_true", help="time timm's model too, interleaved, and the ratio")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--iters", type=int, default=10, help="steps per timed round")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds (the median is reported)")
+    p.add_argument("--out", default=None, help="write <out>.csv and <out>.json")
+    p.set_defaults(func=_bench)

@@ -1,0 +1,377 @@
+"""Export a fused model to ONNX, a ``torch.export`` program or safetensors, and check it numerically.
+
+Every export starts from the deploy form (:func:`moderncnn.deploy.fuse.fuse`): an unfused model is
+fused first, with a note saying so. The file is then reloaded (onnxruntime, ``torch.export.load``,
+or ``create_model`` + ``load_weights``) and run on fresh random input at two batch sizes, and the
+relative error ``max|a − b| / max|b|`` against the fused PyTorch model is reported.
+
+Conventions (docs/ecosystem §5): ONNX goes through the dynamo exporter (``torch.onnx.export(...,
+dynamo=True, dynamic_shapes=...)``) with a dynamic batch dimension, traced at batch ≥ 2 because
+``torch.export`` specializes size-1 dimensions; weights are published as ``.safetensors`` with a JSON
+config beside them (``model_name`` + config overrides), never as pickles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from ..errors import CheckpointError, ConfigError, InputShapeError
+from .fuse import fuse, is_fused
+
+FORMATS = ("onnx", "torch-export", "safetensors")
+SUFFIX = {"onnx": ".onnx", "torch-export": ".pt2", "safetensors": ".safetensors"}
+_SIDECAR_NAME_KEYS = ("model_name", "model", "architecture", "arch")
+_SIDECAR_OVERRIDE_KEYS = ("overrides", "model_kwargs", "model_args")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    input_shape: tuple[int | str, ...]  # "batch" marks the dynamic dimension
+    errors: dict[int, float] = field(default_factory=dict)  # batch -> rel err vs the fused PyTorch model
+    fuse_error: float | None = None  # fused vs the original eval model (None when it came fused)
+    notes: list[str] = field(default_factory=list)
+
+
+# -- which model -------------------------------------------------------------------------------------
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples our frozen configs use (``depths``, stage tables)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def config_overrides(model: nn.Module) -> dict[str, Any]:
+    """The fields of ``model.cfg`` that differ from its registered variant (what rebuilds it)."""
+    from ..registry import get_entry
+
+    name = getattr(model, "model_name", None)
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or name is None:
+        raise ConfigError(
+            f"{type(model).__name__} was not built by moderncnn.create_model, so its config cannot be "
+            "saved; export it as onnx or torch-export instead"
+        )
+    base = get_entry(name).cfg
+    return {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(cfg)
+        if getattr(cfg, f.name) != getattr(base, f.name, object())
+    }
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The JSON config that sits beside a weight file or in a checkpoint folder ({} if none)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    candidates = [] if path.is_dir() else [path.with_suffix(".json"), Path(str(path) + ".json")]
+    candidates += [folder / "config.json", folder / "args.json"]
+    for cand in candidates:
+        if cand.is_file() and cand != path:
+            try:
+                return json.loads(cand.read_text())
+            except json.JSONDecodeError as exc:
+                raise CheckpointError(f"{cand} is not valid JSON: {exc}") from exc
+    return {}
+
+
+def _find_weights(folder: Path) -> Path:
+    for name in ("model.safetensors", "last.pth", "last.pt", "checkpoint.pth", "checkpoint.pt", "model.pth"):
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(
+        (p for p in folder.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin")),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not found:
+        raise CheckpointError(f"no weights (.safetensors, .pth, .pt) in {folder}")
+    return found[-1]
+
+
+def load_checkpoint_model(
+    path: str | Path,
+    model_name: str | None = None,
+    *,
+    num_classes: int | None = None,
+    use_ema: bool = False,
+) -> nn.Module:
+    """Build the model a checkpoint (file or training folder) belongs to and load its weights.
+
+    The model name and config overrides come from a JSON beside the file (``<stem>.json``,
+    ``config.json``, ``args.json``: keys ``model_name``/``model``/``architecture``, ``overrides``,
+    ``num_classes``, ``in_chans``), or from ``model_name``; a fused export (``"fused": true``) is rebuilt
+    in its deploy form.
+    """
+    from ..factory import create_model
+    from ..interop import load_weights
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    side = read_sidecar(path)
+    weights = _find_weights(path) if path.is_dir() else path
+    name = model_name or next((side[k] for k in _SIDECAR_NAME_KEYS if isinstance(side.get(k), str)), None)
+    if name is None:
+        raise CheckpointError(
+            f"cannot tell which model {path} holds: no JSON config beside it names one; pass --model NAME"
+        )
+    overrides = next((dict(side[k]) for k in _SIDECAR_OVERRIDE_KEYS if isinstance(side.get(k), dict)), {})
+    overrides = {k: _tuples(v) for k, v in overrides.items()}
+    for key in ("num_classes", "in_chans"):
+        if key in side and key not in overrides:
+            overrides[key] = side[key]
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+    features = bool(side.get("features_only", False))
+    out_indices = tuple(side["out_indices"]) if features and side.get("out_indices") is not None else None
+    model = create_model(name, features_only=features, out_indices=out_indices, **overrides)
+    if side.get("fused"):
+        model = fuse(model, inplace=True)
+        load_weights(model, weights, layout="native")
+    else:
+        load_weights(model, weights, use_ema=use_ema)
+    return model
+
+
+def resolve_model(source: nn.Module | str | Path, model_name: str | None = None, **kwargs: Any) -> nn.Module:
+    """A model from a module, a registered name (random weights) or a checkpoint path."""
+    if isinstance(source, nn.Module):
+        return source
+    from ..registry import list_models
+
+    if isinstance(source, str) and source in list_models() and not Path(source).exists():
+        from ..factory import create_model
+
+        return create_model(source, **{k: v for k, v in kwargs.items() if k == "num_classes" and v is not None})
+    return load_checkpoint_model(source, model_name, **kwargs)
+
+
+def _input_size(model: nn.Module, img_size: int | None) -> int:
+    if img_size:
+        return int(img_size)
+    size = getattr(model, "pretrained_cfg", {}).get("input_size")
+    return int(size[-1]) if size else 224
+
+
+# -- loading what was exported -----------------------------------------------------------------------
+class OnnxModule:
+    """An ONNX file run by onnxruntime (CPU), called like a module: tensors in, tensors out."""
+
+    def __init__(self, path: str | Path) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ImportError("running ONNX files needs onnxruntime: pip install 'moderncnn[export]'") from exc
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = tuple(d if isinstance(d, int) else "batch" for d in inp.shape)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        outs = self.session.run(None, {self.input_name: x.detach().cpu().numpy()})
+        outs = [torch.from_numpy(o) for o in outs]
+        return outs[0] if len(outs) == 1 else outs
+
+
+def _program_input_shape(program: torch.export.ExportedProgram) -> tuple[int | str, ...]:
+    for spec in program.graph_signature.input_specs:
+        if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT:
+            node = next(n for n in program.graph.nodes if n.name == spec.arg.name)
+            return tuple(d if isinstance(d, int) else "batch" for d in node.meta["val"].shape)
+    raise ValueError("the exported program has no tensor input")
+
+
+def load_exported(path: str | Path) -> Any:
+    """Load what :func:`export_model` wrote: ``.safetensors`` (+ JSON) -> fused ``nn.Module``;
+    ``.pt2`` -> the program's module; ``.onnx`` -> an :class:`OnnxModule`. Each has ``input_shape``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    if path.suffix == ".onnx":
+        return OnnxModule(path)
+    if path.suffix == ".pt2":
+        program = torch.export.load(str(path))
+        module = program.module()
+        module.input_shape = _program_input_shape(program)
+        return module
+    if path.suffix == ".safetensors":
+        side = read_sidecar(path)
+        model = load_checkpoint_model(path)
+        size = side.get("input_size") or [model.in_chans, 224, 224]
+        model.input_shape = ("batch", *size)
+        return model
+    raise CheckpointError(f"unknown export format {path.suffix!r}: expected .onnx, .pt2 or .safetensors")
+
+
+def check_input_shape(x: torch.Tensor, expected: tuple[int | str, ...], what: str = "the exported model") -> None:
+    """Raise an :class:`InputShapeError` naming ``expected`` if ``x`` does not fit it."""
+    ok = x.ndim == len(expected) and all(isinstance(e, str) or e == s for e, s in zip(expected, x.shape))
+    if not ok:
+        shape = "(" + ", ".join(str(e) for e in expected) + ")"
+        raise InputShapeError(
+            f"{what} expects input of shape {shape} ('batch' may be any size), got {tuple(x.shape)}; "
+            "re-export with --img-size / in_chans matching your data, or resize the input"
+        )
+
+
+def _flat(out: Any) -> list[torch.Tensor]:
+    return [t.float() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def _rel_err(a: Any, b: Any) -> float:
+    pairs = list(zip(_flat(a), _flat(b), strict=True))
+    return max(((x - y).abs().max() / y.abs().max().clamp_min(1e-12)).item() for x, y in pairs)
+
+
+@torch.no_grad()
+def validate(
+    exported: Any,
+    reference: nn.Module,
+    inputs: list[torch.Tensor],
+) -> dict[int, float]:
+    """Relative error of ``exported`` vs ``reference`` on each input (keyed by batch size)."""
+    expected = getattr(exported, "input_shape", None)
+    errors = {}
+    for x in inputs:
+        if expected is not None:
+            check_input_shape(x, expected)
+        errors[x.shape[0]] = _rel_err(exported(x), reference(x))
+    return errors
+
+
+# -- export ------------------------------------------------------------------------------------------
+def _write(model: nn.Module, fmt: str, out: Path, example: torch.Tensor, notes: list[str]) -> list[Path]:
+    batch = torch.export.Dim("batch", min=1)
+    if fmt == "onnx":
+        nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        # one self-contained file unless the weights exceed what protobuf can hold (2 GB)
+        torch.onnx.export(
+            model, (example,), str(out), dynamo=True, dynamic_shapes=({0: batch},),
+            input_names=["input"], external_data=nbytes > 1_500_000_000, verbose=False,
+        )
+        data = Path(str(out) + ".data")
+        return [out, data] if data.exists() else [out]
+    if fmt == "torch-export":
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(out))
+        return [out]
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        overrides = config_overrides(model)
+        sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(sd, str(out), metadata={"format": "pt", "moderncnn": "fused"})
+        side = {
+            "model_name": model.model_name,
+            "overrides": overrides,
+            "fused": True,
+            "features_only": bool(getattr(model, "features_only", False)),
+            "out_indices": list(getattr(model, "out_indices", ())) or None,
+            "input_size": list(example.shape[1:]),
+            "torch": torch.__version__,
+        }
+        sidecar = out.with_suffix(".json")
+        sidecar.write_text(json.dumps(side, indent=2, default=list) + "\n")
+        notes.append(f"restore with moderncnn.deploy.load_exported({str(out)!r})")
+        return [out, sidecar]
+    raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def export_model(
+    source: nn.Module | str | Path,
+    fmt: str,
+    out: str | Path,
+    *,
+    img_size: int | None = None,
+    batch: int = 2,
+    model_name: str | None = None,
+    num_classes: int | None = None,
+    check: bool = True,
+    example_input: torch.Tensor | None = None,
+    log: Callable[[str], None] | None = print,
+) -> ExportResult:
+    """Fuse ``source`` if needed, write it as ``fmt`` to ``out``, reload it and compare with PyTorch.
+
+    ``source`` is a model, a registered name or a checkpoint. The trace uses a batch of
+    ``max(batch, 2)`` images of ``img_size`` (default: the model's input size); the check runs the
+    reloaded file on fresh input at that batch and at batch 1. ``example_input`` replaces the
+    random trace batch; one that does not fit the model raises an :class:`InputShapeError`.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    say = log or (lambda _msg: None)
+    out = Path(out)
+    if out.suffix != SUFFIX[fmt]:
+        out = out.with_suffix(SUFFIX[fmt]) if out.suffix in SUFFIX.values() else Path(str(out) + SUFFIX[fmt])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = resolve_model(source, model_name, num_classes=num_classes)
+    notes: list[str] = []
+    size = _input_size(model, img_size)
+    in_chans = getattr(model, "in_chans", 3)
+    expected = ("batch", in_chans, size, size)
+    if example_input is not None:
+        if hasattr(model, "check_input"):
+            model.check_input(example_input)
+        check_input_shape(example_input, ("batch", in_chans, "H", "W"), what=getattr(model, "model_name", "model"))
+        example = example_input
+        expected = ("batch", *example.shape[1:])
+    else:
+        p = next(model.parameters())
+        example = torch.randn(max(2, batch), in_chans, size, size, dtype=p.dtype, device=p.device)
+        if hasattr(model, "check_input"):
+            model.check_input(example)
+    if example.shape[0] < 2:
+        example = example.expand(2, *example.shape[1:]).clone()
+        notes.append("traced at batch 2 (torch.export would fix a batch of 1 as a constant)")
+    fuse_error = None
+    if is_fused(model):
+        fused = model
+    else:
+        reason = "it is in training mode" if model.training else "it has not been through moderncnn.fuse"
+        notes.append(f"fused the model first ({reason}): re-parameterized, BatchNorm folded, dropout removed")
+        was_training = model.training
+        fused = fuse(model)
+        with torch.no_grad():
+            fuse_error = _rel_err(fused(example), model.eval()(example))
+        model.train(was_training)
+    for note in notes:
+        say(f"note: {note}")
+    files = _write(fused, fmt, out, example, notes)
+    result = ExportResult(out, fmt, expected, fuse_error=fuse_error, notes=notes)
+    say(f"wrote {', '.join(str(f) for f in files)}")
+    if fuse_error is not None:
+        say(f"  fused vs original model: rel err {fuse_error:.2e}")
+    if check:
+        exported = load_exported(out)
+        g = torch.Generator().manual_seed(1234)
+        batches = sorted({example.shape[0], 1}, reverse=True)
+        inputs = [torch.randn(b, *example.shape[1:], generator=g).to(example) for b in batches]
+        result.errors = validate(exported, fused, inputs)
+        for b, err in result.errors.items():
+            say(f"  {fmt} vs PyTorch at batch {b}: rel err {err:.2e}")
+    return result
+
+
+__all__ = [
+    "ExportResult",
+    "FORMATS",
+    "OnnxModule",
+    "check_input_shape",
+    "config_overrides",
+    "export_model",
+    "load_checkpoint_model",
+    "load_exported",
+    "read_sidecar",
+    "resolve_model",
+    "validate",
+]
