@@ -37,10 +37,10 @@ def _list(args: argparse.Namespace) -> int:
             s = model_summary(name)
             print(f"| `{name}` | {s['family']} | {s['params'] / 1e6:.2f} | {s['gmacs']:.3f} | {s['input_size']} |")
         return 0
-    print(f"{'model':<34} {'family':<15} {'params (M)':>11} {'GMACs':>8} {'input':>6}")
+    print(f"{'model':<40} {'family':<17} {'params (M)':>11} {'GMACs':>8} {'input':>6}")
     for name in names:
         s = model_summary(name)
-        print(f"{name:<34} {s['family']:<15} {s['params'] / 1e6:>11.2f} {s['gmacs']:>8.3f} {s['input_size']:>6}")
+        print(f"{name:<40} {s['family']:<17} {s['params'] / 1e6:>11.2f} {s['gmacs']:>8.3f} {s['input_size']:>6}")
     return 0
 
 
