@@ -4,8 +4,17 @@ Reference numbers are the ``[count]`` values of architectures.md §2.7.
 """
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
+from conftest import randomize_bn, rel_err
+from moderncnn import create_model
 from moderncnn.analysis.complexity import build_meta, count_gmacs, count_params
+from moderncnn.interop import load_weights
+from moderncnn.layers import DropPath
+from moderncnn.models.efficientnetv2 import FusedMBConv, MBConv, SqueezeExcite
+from moderncnn.registry import get_entry
 
 # name suffix: (exact params, GMACs, at size)  -- architectures.md §2.7 (GMACs at the eval size)
 REFERENCE_SIZES = {
@@ -40,3 +49,180 @@ def test_gmacs_match_reference(name):
 def test_s_gmacs_at_train_size():
     # §2.7: V2-S is 5.31 GMACs at its 300 px train size
     assert count_gmacs(build_meta("tf_efficientnetv2_s"), 300) == pytest.approx(5.31, rel=0.01)
+
+
+# -- timm parity ----------------------------------------------------------------------------------------
+# (ours, timm model, timm kwargs, input sizes). timm's PyTorch-padded efficientnetv2_* default to BN eps 1e-5;
+# the paper and the official code use 1e-3 everywhere and so do we, so timm is built with bn_eps=1e-3.
+# timm has no efficientnetv2_b*: its tf_efficientnetv2_b* with symmetric padding (pad_type="") is that
+# network. Odd size 67 rather than 65: 65 halves to 33, 17, 9, 5, 3 (all odd, where TF 'same' is symmetric,
+# so both paddings agree); 67 halves to 34, so an asymmetric stride-2 pad is hit mid-network.
+# float32 throughout: both sides run the same kernels in the same order, so the logits agree to the bit
+# (rel err 0.0 measured for every variant), and float64 depthwise convs on CPU fall back to a per-channel
+# loop that takes minutes for V2-S alone.
+PARITY = [
+    ("tf_efficientnetv2_b0", "tf_efficientnetv2_b0", {}, (64, 67)),
+    ("efficientnetv2_b0", "tf_efficientnetv2_b0", {"pad_type": ""}, (64,)),
+    ("efficientnetv2_s", "efficientnetv2_s", {"bn_eps": 1e-3}, (64,)),
+    ("tf_efficientnetv2_s", "tf_efficientnetv2_s", {}, (64, 67)),
+]
+_B, _MLXL = ("b1", "b2", "b3"), ("m", "l", "xl")
+PARITY_SLOW = [
+    *[(f"tf_efficientnetv2_{s}", f"tf_efficientnetv2_{s}", {}, (64, 67)) for s in _B + _MLXL],
+    *[(f"efficientnetv2_{s}", f"tf_efficientnetv2_{s}", {"pad_type": ""}, (64,)) for s in _B],
+    *[(f"efficientnetv2_{s}", f"efficientnetv2_{s}", {"bn_eps": 1e-3}, (64,)) for s in _MLXL],
+]
+
+
+def _timm_and_ours(name, timm_name, timm_kwargs, layout="timm"):
+    timm = pytest.importorskip("timm")
+    theirs = timm.create_model(timm_name, **timm_kwargs)
+    randomize_bn(theirs, batches=2, input_size=64)
+    ours = create_model(name).eval()
+    load_weights(ours, theirs.state_dict(), layout=layout)
+    return theirs, ours
+
+
+@pytest.mark.parametrize(
+    "name,timm_name,timm_kwargs,sizes",
+    PARITY + [pytest.param(*case, marks=pytest.mark.slow) for case in PARITY_SLOW],
+    ids=[c[0] for c in PARITY + PARITY_SLOW],
+)
+def test_timm_parity(name, timm_name, timm_kwargs, sizes):
+    theirs, ours = _timm_and_ours(name, timm_name, timm_kwargs)
+    tol = 1e-5
+    for size in sizes:
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            expected = theirs(x)
+            assert rel_err(ours(x), expected) <= tol, f"{name} at {size}px"
+            assert rel_err(ours.forward_head(ours.forward_features(x), pre_logits=True),
+                           theirs.forward_head(theirs.forward_features(x), pre_logits=True)) <= tol
+
+
+def test_official_layout_is_timm_tf_port():
+    """"official" = timm's tf_ port of the TF checkpoints; "auto" recognises it too."""
+    theirs, ours = _timm_and_ours("tf_efficientnetv2_b0", "tf_efficientnetv2_b0", {}, layout="official")
+    auto = load_weights(create_model("tf_efficientnetv2_b0").eval(), theirs.state_dict(), layout="auto")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = theirs(x)
+        assert rel_err(ours(x), expected) <= 1e-5
+        assert rel_err(auto(x), expected) <= 1e-5
+
+
+def test_padding_flavour_changes_logits_only_on_even_sizes():
+    """The same weights in both paddings: different logits at 32 px (TF pads stride-2 convs right/bottom
+    only), identical at 33 px (every strided conv then sees an odd size, where TF 'same' is symmetric)."""
+    tf = create_model("tf_efficientnetv2_b0", num_classes=10).eval()
+    randomize_bn(tf, batches=2, input_size=32)
+    pt = create_model("efficientnetv2_b0", num_classes=10).eval()
+    pt.load_state_dict(tf.state_dict())
+    with torch.no_grad():
+        x = torch.randn(2, 3, 32, 32)
+        assert rel_err(pt(x), tf(x)) > 1e-3
+        x = torch.randn(2, 3, 33, 33)
+        assert rel_err(pt(x), tf(x)) < 1e-6
+
+
+# -- block details (§3.2, official effnetv2_model.py) -----------------------------------------------------
+
+
+def _bn_eval(x, bn):
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+def test_se_width_comes_from_block_input():
+    # (model, stage, block): (in, expanded, SE width); SE width = int(in * 0.25), not expanded * 0.25
+    cases = {
+        ("efficientnetv2_s", 3, 0): (64, 256, 16),
+        ("efficientnetv2_s", 3, 1): (128, 512, 32),
+        ("efficientnetv2_s", 4, 0): (128, 768, 32),
+        ("efficientnetv2_s", 5, 0): (160, 960, 40),
+        ("tf_efficientnetv2_b0", 3, 0): (48, 192, 12),
+        ("tf_efficientnetv2_b3", 5, 1): (232, 1392, 58),
+    }
+    models = {}
+    for (name, i, j), (in_chs, mid, rd) in cases.items():
+        blk = models.setdefault(name, build_meta(name)).stages[i][j]
+        assert isinstance(blk, MBConv)
+        assert blk.expand.conv.weight.shape == (mid, in_chs, 1, 1)
+        assert blk.se.reduce.weight.shape == (rd, mid, 1, 1)
+        assert blk.se.expand.weight.shape == (mid, rd, 1, 1)
+    # no SE in any fused stage, SE in every MBConv block
+    s = models["efficientnetv2_s"]
+    assert all(isinstance(b.se, nn.Identity) for st in s.stages[:3] for b in st)
+    assert all(isinstance(b.se, SqueezeExcite) for st in s.stages[3:] for b in st)
+
+
+S_CFG = get_entry("efficientnetv2_s").cfg
+
+
+def _random_bn(block: nn.Module) -> nn.Module:
+    """Random BN affine and statistics, eval mode: a block checked by hand needs no calibration."""
+    with torch.no_grad():
+        for bn in (m for m in block.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_(0, 0.2)
+            bn.running_mean.normal_(0, 0.2)
+            bn.running_var.uniform_(0.5, 1.5)
+    return block.eval()
+
+
+def test_fused_mbconv_by_hand():
+    # e = 1, stride 1, 24 -> 24 (V2-S stage 1): x + SiLU(BN(conv3x3(x))), the activation kept
+    blk = _random_bn(FusedMBConv(S_CFG, 24, 24, expand=1, kernel=3, stride=1))
+    x = torch.randn(2, 24, 16, 16)
+    expected = x + F.silu(_bn_eval(F.conv2d(x, blk.fused.conv.weight, padding=1), blk.fused.bn))
+    with torch.no_grad():
+        assert rel_err(blk(x), expected) < 1e-6
+    # e = 4, stride 1, 48 -> 48 (V2-S stage 2): x + BN(conv1x1(SiLU(BN(conv3x3(x))))), no final activation
+    blk = _random_bn(FusedMBConv(S_CFG, 48, 48, expand=4, kernel=3, stride=1))
+    x = torch.randn(2, 48, 8, 8)
+    h = F.silu(_bn_eval(F.conv2d(x, blk.fused.conv.weight, padding=1), blk.fused.bn))
+    expected = x + _bn_eval(F.conv2d(h, blk.project.conv.weight), blk.project.bn)
+    with torch.no_grad():
+        assert rel_err(blk(x), expected) < 1e-6
+
+
+def test_fused_e1_without_residual_keeps_activation():
+    # B0's first block is 32 -> 16: no shortcut, so the output is SiLU(BN(conv)), never below -0.2785
+    blk = _random_bn(FusedMBConv(S_CFG, 32, 16, expand=1, kernel=3, stride=1))
+    x = torch.randn(2, 32, 16, 16)
+    with torch.no_grad():
+        out = blk(x)
+    assert rel_err(out, F.silu(_bn_eval(F.conv2d(x, blk.fused.conv.weight, padding=1), blk.fused.bn))) < 1e-6
+    assert out.min() >= -0.2785
+
+
+def test_mbconv_by_hand():
+    # V2-S stage 5: 160 -> 960 (e6) -> dw3x3 -> SE(960 -> 40 -> 960) -> 160, stride 1, residual
+    blk = _random_bn(MBConv(S_CFG, 160, 160, expand=6, kernel=3, stride=1, se_ratio=0.25))
+    x = torch.randn(2, 160, 4, 4)
+    h = F.silu(_bn_eval(F.conv2d(x, blk.expand.conv.weight), blk.expand.bn))
+    h = F.silu(_bn_eval(F.conv2d(h, blk.dw.conv.weight, padding=1, groups=960), blk.dw.bn))
+    s = F.conv2d(h.mean((2, 3), keepdim=True), blk.se.reduce.weight, blk.se.reduce.bias)
+    assert s.shape[1] == 40
+    s = F.conv2d(F.silu(s), blk.se.expand.weight, blk.se.expand.bias)
+    h = h * torch.sigmoid(s)
+    expected = x + _bn_eval(F.conv2d(h, blk.project.conv.weight), blk.project.bn)
+    with torch.no_grad():
+        assert rel_err(blk(x), expected) < 1e-5
+
+
+def test_residual_only_on_stride1_same_width():
+    model = build_meta("efficientnetv2_s")
+    flags = [[b.has_residual for b in st] for st in model.stages]
+    # stage 0 (24 -> 24, s1) keeps every shortcut; stages 1, 2, 3, 5 open with a stride-2 block; stage 4
+    # opens with 128 -> 160 at stride 1: none of those first blocks has a shortcut
+    assert [f[0] for f in flags] == [True, False, False, False, False, False]
+    assert all(all(f[1:]) for f in flags)
+    assert sum(map(sum, flags)) == 35
+    for st in model.stages:
+        for b in st:
+            first, last = (b.fused, b.project) if isinstance(b, FusedMBConv) else (b.expand, b.project)
+            last = first if isinstance(last, nn.Identity) else last
+            stride = (b.fused if isinstance(b, FusedMBConv) else b.dw).conv.stride[0]
+            same_width = first.conv.in_channels == last.conv.out_channels
+            assert b.has_residual == (stride == 1 and same_width)
+            assert isinstance(b.drop_path, DropPath) or not b.has_residual or b is model.stages[0][0]
