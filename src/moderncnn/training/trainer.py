@@ -655,6 +655,7 @@ class Trainer:
         self.runlog.event("end", interrupted=interrupted, global_step=self.global_step, best_top1=self.best_top1)
         epochs_done = self.epoch
         cleanup(self.dist)
+        self.train_time = train_time
         if self.primary and not interrupted:
             self._print_summary(deploy)
         return TrainResult(self.run_dir, epochs_done, self.global_step, self.best_top1, self.best_epoch, row,
@@ -713,8 +714,9 @@ class Trainer:
         self.log(f"  writing to {self.run_dir}")
 
     def _print_summary(self, deploy: dict[str, Any] | None) -> None:
-        lines = [f"done: best top-1 {self.best_top1:.2f}% (epoch {self.best_epoch + 1})"
-                 if self.best_top1 is not None else "done"]
+        lines = [(f"done: best top-1 {self.best_top1:.2f}% (epoch {self.best_epoch + 1})"
+                  if self.best_top1 is not None else "done")
+                 + f"; {self.train_time:.0f} s in training epochs (evaluation and export not counted)"]
         lines.append(f"  run folder      {self.run_dir}")
         for name in ("config.yaml", "metrics.csv", "log.jsonl", "curves.png", "progressive.png",
                      "last.safetensors", "best.safetensors", "model_deploy.safetensors"):
