@@ -17,11 +17,14 @@ from .registry import list_models
 __version__ = "0.1.0"
 
 
-def fuse(model, inplace: bool = False):
-    """Deploy form: re-parameterize every Rep block, fold every BatchNorm, drop dropout (eval mode)."""
+def fuse(model, inplace: bool = False, **kwargs):
+    """Deploy form: re-parameterize every Rep block, fold every foldable BatchNorm, drop dropout (eval mode).
+
+    Keyword arguments go to :func:`moderncnn.deploy.fuse.fuse` (``report=True``...).
+    """
     from .deploy.fuse import fuse as _fuse
 
-    return _fuse(model, inplace=inplace)
+    return _fuse(model, inplace=inplace, **kwargs)
 
 
 __all__ = [
