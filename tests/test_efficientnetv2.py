@@ -11,10 +11,29 @@ from torch import nn
 from conftest import randomize_bn, rel_err
 from moderncnn import create_model
 from moderncnn.analysis.complexity import build_meta, count_gmacs, count_params
+from moderncnn.errors import ConfigError
 from moderncnn.interop import load_weights
 from moderncnn.layers import DropPath
-from moderncnn.models.efficientnetv2 import FusedMBConv, MBConv, SqueezeExcite
+from moderncnn.layers.reparam import fuse_conv_bn
+from moderncnn.models.efficientnetv2 import (
+    Conv2dSame,
+    FusedMBConv,
+    MBConv,
+    SqueezeExcite,
+    conv_bn,
+    same_padding,
+)
 from moderncnn.registry import get_entry
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # on a busy machine two OpenMP threads wait on each other at every op: 10-100x slower than one
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # name suffix: (exact params, GMACs, at size)  -- architectures.md §2.7 (GMACs at the eval size)
 REFERENCE_SIZES = {
@@ -57,42 +76,43 @@ def test_s_gmacs_at_train_size():
 # timm has no efficientnetv2_b*: its tf_efficientnetv2_b* with symmetric padding (pad_type="") is that
 # network. Odd size 67 rather than 65: 65 halves to 33, 17, 9, 5, 3 (all odd, where TF 'same' is symmetric,
 # so both paddings agree); 67 halves to 34, so an asymmetric stride-2 pad is hit mid-network.
-# float32 throughout: both sides run the same kernels in the same order, so the logits agree to the bit
-# (rel err 0.0 measured for every variant), and float64 depthwise convs on CPU fall back to a per-channel
-# loop that takes minutes for V2-S alone.
+# Default cases run in float32 (both sides run the same kernels in the same order: rel err 0.0 measured);
+# the slow ones in float64 at 32/35 px (35 halves to 18, even) so a deep random net cannot hide behind
+# float32 rounding -- float64 depthwise convs on CPU take a slow per-channel path, hence the small inputs.
+F32, F64 = torch.float32, torch.float64
 PARITY = [
-    ("tf_efficientnetv2_b0", "tf_efficientnetv2_b0", {}, (64, 67)),
-    ("efficientnetv2_b0", "tf_efficientnetv2_b0", {"pad_type": ""}, (64,)),
-    ("efficientnetv2_s", "efficientnetv2_s", {"bn_eps": 1e-3}, (64,)),
-    ("tf_efficientnetv2_s", "tf_efficientnetv2_s", {}, (64, 67)),
+    ("tf_efficientnetv2_b0", "tf_efficientnetv2_b0", {}, F32, (64, 67)),
+    ("efficientnetv2_b0", "tf_efficientnetv2_b0", {"pad_type": ""}, F32, (64,)),
+    ("efficientnetv2_s", "efficientnetv2_s", {"bn_eps": 1e-3}, F32, (64,)),
+    ("tf_efficientnetv2_s", "tf_efficientnetv2_s", {}, F32, (64, 67)),
 ]
 _B, _MLXL = ("b1", "b2", "b3"), ("m", "l", "xl")
 PARITY_SLOW = [
-    *[(f"tf_efficientnetv2_{s}", f"tf_efficientnetv2_{s}", {}, (64, 67)) for s in _B + _MLXL],
-    *[(f"efficientnetv2_{s}", f"tf_efficientnetv2_{s}", {"pad_type": ""}, (64,)) for s in _B],
-    *[(f"efficientnetv2_{s}", f"efficientnetv2_{s}", {"bn_eps": 1e-3}, (64,)) for s in _MLXL],
+    *[(f"tf_efficientnetv2_{s}", f"tf_efficientnetv2_{s}", {}, F64, (32, 35)) for s in _B + _MLXL],
+    *[(f"efficientnetv2_{s}", f"tf_efficientnetv2_{s}", {"pad_type": ""}, F64, (32,)) for s in _B],
+    *[(f"efficientnetv2_{s}", f"efficientnetv2_{s}", {"bn_eps": 1e-3}, F64, (32,)) for s in _MLXL],
 ]
 
 
-def _timm_and_ours(name, timm_name, timm_kwargs, layout="timm"):
+def _timm_and_ours(name, timm_name, timm_kwargs, dtype=F32, layout="timm"):
     timm = pytest.importorskip("timm")
-    theirs = timm.create_model(timm_name, **timm_kwargs)
+    theirs = timm.create_model(timm_name, **timm_kwargs).to(dtype)
     randomize_bn(theirs, batches=2, input_size=64)
-    ours = create_model(name).eval()
+    ours = create_model(name).to(dtype).eval()
     load_weights(ours, theirs.state_dict(), layout=layout)
     return theirs, ours
 
 
 @pytest.mark.parametrize(
-    "name,timm_name,timm_kwargs,sizes",
+    "name,timm_name,timm_kwargs,dtype,sizes",
     PARITY + [pytest.param(*case, marks=pytest.mark.slow) for case in PARITY_SLOW],
     ids=[c[0] for c in PARITY + PARITY_SLOW],
 )
-def test_timm_parity(name, timm_name, timm_kwargs, sizes):
-    theirs, ours = _timm_and_ours(name, timm_name, timm_kwargs)
-    tol = 1e-5
+def test_timm_parity(name, timm_name, timm_kwargs, dtype, sizes):
+    theirs, ours = _timm_and_ours(name, timm_name, timm_kwargs, dtype)
+    tol = 1e-5 if dtype == F32 else 1e-7
     for size in sizes:
-        x = torch.randn(2, 3, size, size)
+        x = torch.randn(2, 3, size, size, dtype=dtype)
         with torch.no_grad():
             expected = theirs(x)
             assert rel_err(ours(x), expected) <= tol, f"{name} at {size}px"
@@ -226,3 +246,128 @@ def test_residual_only_on_stride1_same_width():
             same_width = first.conv.in_channels == last.conv.out_channels
             assert b.has_residual == (stride == 1 and same_width)
             assert isinstance(b.drop_path, DropPath) or not b.has_residual or b is model.stages[0][0]
+
+
+# -- stochastic depth (§2.4) ----------------------------------------------------------------------------
+
+
+def test_drop_path_schedule():
+    """Block idx of N gets 0.2 * idx / N (official survival 1 - 0.2·idx/N), on residual blocks only."""
+    model = build_meta("efficientnetv2_s")  # default drop_path_rate 0.2
+    blocks = [b for st in model.stages for b in st]
+    n = len(blocks)
+    assert n == 40  # 2 + 4 + 4 + 6 + 9 + 15
+    rates = [b.drop_path.drop_prob if isinstance(b.drop_path, DropPath) else 0.0 for b in blocks]
+    for idx, (b, rate) in enumerate(zip(blocks, rates)):
+        assert rate == pytest.approx(0.2 * idx / n if b.has_residual else 0.0)
+    # a few by value: the last block drops 0.195 (not 0.2, as linspace(0, 0.2, N) would give)
+    assert rates[39] == pytest.approx(0.195) and rates[20] == pytest.approx(0.1) and rates[1] == 0.005
+    assert rates[2] == 0.0 and not blocks[2].has_residual  # stage 2 opens with stride 2: nothing to drop
+    assert rates[10] == 0.0 and not blocks[10].has_residual  # stage 4 opens with 64 -> 128, stride 2
+    # the rate is a config field like any other
+    scaled = build_meta("efficientnetv2_s", drop_path_rate=0.3)
+    assert scaled.stages[5][14].drop_path.drop_prob == pytest.approx(0.3 * 39 / 40)
+
+
+def test_dropout_defaults():
+    # §2.4: S 0.2, M 0.3, L 0.4, XL 0.4, B0 0.2, B1 0.2, B2 0.3, B3 0.3 (both paddings)
+    expected = {"s": 0.2, "m": 0.3, "l": 0.4, "xl": 0.4, "b0": 0.2, "b1": 0.2, "b2": 0.3, "b3": 0.3}
+    for prefix in ("efficientnetv2_", "tf_efficientnetv2_"):
+        for size, p in expected.items():
+            cfg = get_entry(prefix + size).cfg
+            assert (cfg.drop_rate, cfg.drop_path_rate, cfg.bn_eps) == (p, 0.2, 1e-3)
+
+
+# -- TensorFlow 'same' padding ----------------------------------------------------------------------------
+
+
+# (input size, kernel, stride): (pad before, pad after), worked out by hand from TF's rule
+# out = ceil(in / s), total = max((out - 1)·s + k - in, 0), before = total // 2, after = the rest
+TF_PADS = {
+    (64, 3, 2): (0, 1),  # out 32: 62 + 3 - 64 = 1 -> all of it after
+    (65, 3, 2): (1, 1),  # out 33: 64 + 3 - 65 = 2
+    (64, 5, 2): (1, 2),  # out 32: 62 + 5 - 64 = 3
+    (65, 5, 2): (2, 2),  # out 33: 64 + 5 - 65 = 4
+    (64, 3, 1): (1, 1),
+    (65, 3, 1): (1, 1),
+    (2, 3, 2): (0, 1),  # a 2×2 map (V2-S's last stride at 64 px)
+}
+
+
+@pytest.mark.parametrize("size,kernel,stride", list(TF_PADS))
+def test_conv2d_same_is_tf_same(size, kernel, stride):
+    before, after = TF_PADS[(size, kernel, stride)]
+    conv = Conv2dSame(4, 6, kernel, stride, bias=False)
+    x = torch.randn(2, 4, size, size + 1)  # non-square: width gets its own padding
+    _, after_w = TF_PADS.get((size + 1, kernel, stride), (None, None))
+    w_pads = same_padding(size + 1, kernel, stride)
+    if after_w is not None:
+        assert w_pads == TF_PADS[(size + 1, kernel, stride)]
+    expected = F.conv2d(F.pad(x, [*w_pads, before, after]), conv.weight, stride=stride)
+    with torch.no_grad():
+        out = conv(x)
+    assert out.shape[-2] == -(-size // stride)  # TF 'same': output is ceil(in / stride)
+    assert torch.equal(out, expected)
+
+
+def test_tf_model_convs_pad_like_tf():
+    """Every conv of a tf_ model, at an even and an odd size, equals F.pad(TF pads) + unpadded conv;
+    in particular the stride-2 stem at 64 px pads only right/bottom."""
+    model = create_model("tf_efficientnetv2_b0", num_classes=10).eval()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1]
+    assert any(m.stride[0] == 2 for m in convs) and all(isinstance(m, Conv2dSame) for m in convs if m.stride[0] > 1)
+    for size in (64, 65):
+        for conv in convs:
+            x = torch.randn(1, conv.in_channels, size, size)
+            k, s = conv.kernel_size[0], conv.stride[0]
+            before, after = TF_PADS[(size, k, s)]
+            expected = F.conv2d(F.pad(x, [before, after, before, after]), conv.weight, stride=s, groups=conv.groups)
+            with torch.no_grad():
+                assert rel_err(conv(x), expected) < 1e-6
+
+
+def test_bn_folding_keeps_tf_padding():
+    """fuse_conv_bn deep-copies the conv, so a folded Conv2dSame still pads the TF way."""
+    cb = _random_bn(conv_bn(get_entry("tf_efficientnetv2_s").cfg, 8, 16, kernel=3, stride=2, act=False))
+    fused = fuse_conv_bn(cb.conv, cb.bn)
+    assert isinstance(fused, Conv2dSame)
+    for size in (16, 17):
+        x = torch.randn(2, 8, size, size)
+        with torch.no_grad():
+            assert rel_err(fused(x), cb(x)) < 1e-5
+
+
+# -- model face -------------------------------------------------------------------------------------------
+
+
+def test_feature_info_and_features_only():
+    assert [f["reduction"] for f in build_meta("efficientnetv2_s").feature_info] == [2, 4, 8, 16, 16, 32]
+    assert [f["num_chs"] for f in build_meta("efficientnetv2_s").feature_info] == [24, 48, 64, 128, 160, 256]
+    m = build_meta("efficientnetv2_m", features_only=True)
+    assert [f["reduction"] for f in m.feature_info] == [2, 4, 8, 16, 16, 32, 32]
+    assert isinstance(m.conv_head, nn.Identity) and isinstance(m.head, nn.Identity)  # the 1×1 head conv too
+    model = create_model("tf_efficientnetv2_b0", features_only=True, out_indices=(1, 5)).eval()
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 64, 64))
+    assert [tuple(f.shape) for f in feats] == [(1, 32, 16, 16), (1, 192, 2, 2)]
+    assert not any(k.startswith("conv_head") for k in model.state_dict())
+
+
+def test_neck_and_head():
+    model = create_model("tf_efficientnetv2_b2", num_classes=7).eval()
+    assert model.num_features == 1408 and model.conv_head.conv.weight.shape == (1408, 208, 1, 1)
+    assert isinstance(model.conv_head.act, nn.SiLU)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        feats = model.forward_features(x)  # includes the 1×1 head conv, as timm's does
+        assert feats.shape == (1, 1408, 1, 1)
+        pooled = model.forward_head(feats, pre_logits=True)
+        assert torch.allclose(model.forward_head(feats), model.head.fc(pooled))
+        assert torch.equal(pooled, feats.mean((2, 3)))
+    model.reset_classifier(0)
+    assert model(x).shape == (1, 1408)
+
+
+def test_bad_padding_is_an_error():
+    with pytest.raises(ConfigError, match="padding must be 'same'"):
+        create_model("efficientnetv2_b0", padding="valid")
