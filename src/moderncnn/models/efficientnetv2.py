@@ -1,7 +1,7 @@
 """EfficientNetV2: "EfficientNetV2: Smaller Models and Faster Training" (Tan & Le, ICML 2021).
 
 Stages of Fused-MBConv (§3.2, Figure 2: one k×k conv replaces MBConv's 1×1 expansion + depthwise conv)
-followed by MBConv stages with squeeze-excite; variant rows copy the paper's Table 4 (V2-S) and the
+followed by MBConv stages with squeeze-excite; variant rows copy the paper's Table 3 (V2-S) and the
 official ``effnetv2_configs.py`` (M, L, XL, and the B0–B3 base scaled by width/depth).
 
 Two padding flavours: ``padding="pytorch"`` pads every k×k conv by k//2 (timm's ``efficientnetv2_*``);
@@ -30,7 +30,7 @@ from .base import ModelBase, ModelConfig
 
 
 class Stage(NamedTuple):
-    """One row of the paper's stage table (Table 4): ``repeats`` blocks, the first with ``stride``."""
+    """One row of the paper's stage table (Table 3): ``repeats`` blocks, the first with ``stride``."""
 
     block: Literal["fused", "mbconv"]
     expand: int
@@ -278,7 +278,7 @@ class EfficientNetV2(ModelBase):
 
 FUSED, MBCONV = "fused", "mbconv"
 
-#     block    e  k  s    c   n    se      (paper Table 4 / official effnetv2_configs.py)
+#     block    e  k  s    c   n    se      (paper Table 3 / official effnetv2_configs.py)
 _BASE = (
     Stage(FUSED,  1, 3, 1,  16,  1),
     Stage(FUSED,  4, 3, 2,  32,  2),
