@@ -128,7 +128,7 @@ def test_train_then_eval_reports_the_runs_own_top1(tmp_path, capsys):
 
 def test_demo_runs_end_to_end_and_says_where_it_wrote(tmp_path, capsys):
     out_dir = tmp_path / "demo"
-    assert main(["demo", "--epochs", "1", "--max-steps", "4", "--train-samples", "512", "--val-samples", "64",
+    assert main(["demo", "--epochs", "1", "--max-steps", "4", "--train-samples", "1024", "--val-samples", "64",
                  "-j", "0", "--no-progress", "--output", str(out_dir)]) == 0
     out = capsys.readouterr().out
     assert f"everything is in {out_dir}/" in out and "fused deploy model" in out

@@ -261,3 +261,35 @@ def test_split_batch_uses_both_methods():
     src = x[n // 2:]
     # cutmix half: every pixel comes from the image itself or its mirror partner
     assert torch.all((second == src) | (second == src.flip(0)))
+
+
+def test_batch_pad_crop_flip_equals_cropping_each_image_by_hand():
+    from moderncnn.data.transforms import BatchPadCropFlip, sample_uniform
+
+    t = BatchPadCropFlip(6, in_chans=3, source_chans=1, pad=2, hflip=0.5, mean=[0.5], std=[0.25])
+    x = torch.randint(0, 256, (16, 1, 6, 6), dtype=torch.uint8)
+    keys = torch.arange(16) + 12345
+    out = t(x, keys)
+    top, left = (sample_uniform(keys, 0) * 5).long(), (sample_uniform(keys, 1) * 5).long()
+    flip = sample_uniform(keys, 2) < 0.5
+    assert 0 < int(flip.sum()) < 16 and len(set(top.tolist())) > 1, "both flips and several offsets exercised"
+    padded = torch.nn.functional.pad(x, [2, 2, 2, 2]).float() / 255
+    for i in range(16):
+        ref = padded[i, :, top[i]: top[i] + 6, left[i]: left[i] + 6]
+        ref = (ref.flip(-1) if flip[i] else ref).expand(3, -1, -1)
+        torch.testing.assert_close(out[i], (ref - 0.5) / 0.25)
+    # a pure function of the key: the same image under the same key augments identically in any batch
+    torch.testing.assert_close(t(x[3:4], keys[3:4]), out[3:4])
+    with pytest.raises(ValueError, match="6×6"):
+        t(torch.zeros(1, 1, 5, 5, dtype=torch.uint8), keys[:1])
+
+
+def test_sample_uniform_is_uniform_and_keyed():
+    from moderncnn.data.transforms import sample_uniform
+
+    u = sample_uniform(torch.arange(100_000), 0)
+    assert 0 <= float(u.min()) and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.005
+    hist = torch.histc(u.float(), bins=10, min=0, max=1)
+    assert float(hist.min()) > 9_500 and float(hist.max()) < 10_500
+    assert not torch.equal(sample_uniform(torch.arange(10), 0), sample_uniform(torch.arange(10), 1))

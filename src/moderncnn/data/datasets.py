@@ -76,6 +76,17 @@ class TensorImageDataset(Dataset):
             image = self.transform(image)
         return image, int(self.targets[index])
 
+    def resized(self, size: int) -> TensorImageDataset:
+        """A copy with every image resized to ``size``×``size`` once (antialiased, as the transforms do),
+        so per-sample transforms at that size skip their resize: a large saving for 28 px data on a CPU."""
+        from torchvision.transforms.v2 import functional as TF
+
+        if self.image_size == size:
+            return self
+        chunks = [TF.resize(c, [size, size], antialias=True) for c in self.images.split(4096)]
+        return TensorImageDataset(torch.cat(chunks), self.targets, self.classes, name=self.name,
+                                  transform=self.transform)
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name!r}, n={len(self)}, classes={self.num_classes}, "
                 f"in_chans={self.in_chans}, image_size={self.image_size})")

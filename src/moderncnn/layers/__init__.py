@@ -1,5 +1,6 @@
 """Building blocks shared by two or more families."""
 
+from .classifier import ClassifierHead
 from .conv_bn import ConvBN, ConvBNAct
 from .drop import DropPath, drop_path
 from .helpers import drop_path_rates, make_divisible
@@ -14,6 +15,7 @@ from .reparam import (
 from .scale import LayerScale
 
 __all__ = [
+    "ClassifierHead",
     "ConvBN",
     "ConvBNAct",
     "DropPath",

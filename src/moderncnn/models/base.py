@@ -114,7 +114,7 @@ class ModelBase(nn.Module):
         return self.forward_neck(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        raise NotImplementedError
+        return self.head(x, pre_logits)  # a layers.ClassifierHead; families with another head override
 
     def forward(self, x: torch.Tensor):
         if self.features_only:
@@ -123,10 +123,11 @@ class ModelBase(nn.Module):
 
     # -- timm-style helpers ------------------------------------------------------------------------
     def reset_classifier(self, num_classes: int) -> None:
-        raise NotImplementedError
+        self.num_classes = num_classes
+        self.head.reset(num_classes)
 
     def get_classifier(self) -> nn.Module:
-        return self.head
+        return self.head.fc
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable

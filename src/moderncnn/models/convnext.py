@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers import DropPath, LayerNorm2d, drop_path_rates
+from ..layers import ClassifierHead, DropPath, LayerNorm2d, drop_path_rates
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
 
@@ -85,20 +85,6 @@ class ConvNeXtStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class ClassifierHead(nn.Module):
-    """Global average pool -> LayerNorm -> dropout -> Linear (the norm comes *after* pooling)."""
-
-    def __init__(self, dim: int, num_classes: int, drop_rate: float, eps: float) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.norm(x.mean((2, 3)))
-        if pre_logits:
-            return x
-        return self.fc(self.drop(x))
 
 
 class ConvNeXt(ModelBase):
@@ -119,7 +105,9 @@ class ConvNeXt(ModelBase):
             prev, start = dim, start + depth
         self.stages = nn.Sequential(*stages)
         self.num_features = dims[-1]
-        self.head = ClassifierHead(dims[-1], cfg.num_classes, cfg.drop_rate, cfg.norm_eps)
+        # the LayerNorm comes *after* global pooling (official code)
+        head_norm = nn.LayerNorm(dims[-1], eps=cfg.norm_eps)
+        self.head = ClassifierHead(dims[-1], cfg.num_classes, cfg.drop_rate, norm=head_norm)
         self.apply(self._init_weights)
         if cfg.num_classes > 0 and cfg.head_init_scale != 1.0:
             with torch.no_grad():
@@ -132,16 +120,6 @@ class ConvNeXt(ModelBase):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 def _cfg(depths, dims, **kw) -> ConvNeXtConfig:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..layers import ConvBNAct, DropPath, make_divisible
+from ..layers import ClassifierHead, ConvBNAct, DropPath, make_divisible
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
 
@@ -201,19 +201,6 @@ def block_drop_path_rates(rate: float, n: int) -> list[float]:
     return [rate * i / n for i in range(n)]
 
 
-class ClassifierHead(nn.Module):
-    """Global average pool -> dropout -> Linear."""
-
-    def __init__(self, chs: int, num_classes: int, drop_rate: float) -> None:
-        super().__init__()
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(chs, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3))
-        if pre_logits:
-            return x
-        return self.fc(self.drop(x))
 
 
 class EfficientNetV2(ModelBase):
@@ -262,16 +249,6 @@ class EfficientNetV2(ModelBase):
 
     def forward_neck(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_head(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 # -- variants -----------------------------------------------------------------------------------------

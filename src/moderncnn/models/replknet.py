@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import kernels
 from ..errors import ConfigError
-from ..layers import ConvBN, ConvBNAct, DropPath, drop_path_rates, pad_kernel_to
+from ..layers import ClassifierHead, ConvBN, ConvBNAct, DropPath, drop_path_rates, pad_kernel_to
 from ..layers.reparam import check_eval, fuse_conv_bn_tensors
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
@@ -232,20 +232,6 @@ class RepLKNetStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class ClassifierHead(nn.Module):
-    """BN -> global average pool -> dropout -> Linear (the BN comes *before* pooling)."""
-
-    def __init__(self, dim: int, num_classes: int, drop_rate: float) -> None:
-        super().__init__()
-        self.norm = nn.BatchNorm2d(dim)
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.norm(x).mean((2, 3))
-        if pre_logits:
-            return x
-        return self.fc(self.drop(x))
 
 
 def _check_config(cfg: RepLKNetConfig) -> None:
@@ -286,7 +272,9 @@ class RepLKNet(ModelBase):
             nn.ModuleList(nn.BatchNorm2d(c) for c in cfg.channels) if cfg.norm_intermediate_features else None
         )
         self.num_features = cfg.channels[-1]
-        self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate)
+        # BN on the last feature map, *before* pooling (official code)
+        head_norm = nn.BatchNorm2d(self.num_features)
+        self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate, head_norm, norm_before_pool=True)
 
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         # checkpoint block by block: a 31×31 stage keeps little memory, and recomputing one block is cheap
@@ -304,16 +292,6 @@ class RepLKNet(ModelBase):
         indices = range(len(self.stages)) if indices is None else indices
         levels = [i for i in range(len(self.stages)) if i in indices]
         return [self.feature_norms[i](f) for i, f in zip(levels, feats)]
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 def _cfg(large_kernels, channels, small_kernel=5, dw_ratio=1.0) -> RepLKNetConfig:

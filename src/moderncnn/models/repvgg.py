@@ -27,7 +27,15 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..layers import ConvBN, DropPath, drop_path_rates, fuse_conv_bn_tensors, identity_kernel, pad_kernel_to
+from ..layers import (
+    ClassifierHead,
+    ConvBN,
+    DropPath,
+    drop_path_rates,
+    fuse_conv_bn_tensors,
+    identity_kernel,
+    pad_kernel_to,
+)
 from ..layers.reparam import check_eval
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
@@ -173,19 +181,6 @@ class RepVGGBlock(nn.Module):
         return f"{self.in_chs}, {self.out_chs}, stride={self.stride}, groups={self.groups}, form={form}"
 
 
-class ClassifierHead(nn.Module):
-    """Global average pool -> dropout -> Linear (the official head, with timm's optional dropout)."""
-
-    def __init__(self, dim: int, num_classes: int, drop_rate: float) -> None:
-        super().__init__()
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3))
-        if pre_logits:
-            return x
-        return self.fc(self.drop(x))
 
 
 class RepVGG(ModelBase):
@@ -229,16 +224,6 @@ class RepVGG(ModelBase):
         self.num_features = widths[-1]
         # PyTorch's default initialization, as the official code uses
         self.head = ClassifierHead(widths[-1], cfg.num_classes, cfg.drop_rate)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 # official `optional_groupwise_layers`: every other layer of stages 1-3 in the 28-layer B models

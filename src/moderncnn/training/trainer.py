@@ -102,8 +102,10 @@ class _SeededRNG:
 class AugmentedDataset(Dataset):
     """``base[indices[i]]`` with ``transform`` applied under a seed derived from (seed, epoch, i)."""
 
-    def __init__(self, base: Dataset, indices: list[int] | None, transform, seed: int, seeded: bool) -> None:
+    def __init__(self, base: Dataset, indices: list[int] | None, transform, seed: int, seeded: bool,
+                 return_index: bool = False) -> None:
         self.base, self.indices, self.transform, self.seed, self.seeded = base, indices, transform, seed, seeded
+        self.return_index = return_index  # (image, label, i): the trainer keys batch-level augmentation by i
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -111,6 +113,8 @@ class AugmentedDataset(Dataset):
 
     def __getitem__(self, i: int):
         image, label = self.base[self.indices[i] if self.indices is not None else i]
+        if self.return_index:
+            return image, label, i
         if self.transform is None:
             return image, label
         if not self.seeded:
@@ -187,7 +191,7 @@ class Trainer:
             _seed_all(cfg.seed + 1000 * self.dist.rank)
 
     def _build_data(self) -> None:
-        from ..data.transforms import build_eval_transform, build_train_transform, resolve_mean_std
+        from ..data.transforms import BatchPadCropFlip, build_eval_transform, build_train_transform, resolve_mean_std
 
         cfg = self.cfg
         if self._train_dataset is None or self._val_dataset is None:
@@ -233,8 +237,22 @@ class Trainer:
         if cfg.crop_pct is not None:
             eval_kw["crop_pct"] = cfg.crop_pct
         self.eval_transform = _call_with_supported(build_eval_transform, self.eval_img_size, **eval_kw)
-        self.train_set = AugmentedDataset(tr, _subset(len(tr), cfg.train_samples, cfg.seed), self.train_transform,
-                                          cfg.seed, seeded=True)
+        self.batch_transform = None
+        train_transform = self.train_transform
+        if self.progressive is None and hasattr(tr, "resized"):
+            # in-memory data at a fixed size: resize once, not once per sample and epoch (same pixels)
+            if cfg.train_crop == "pad":
+                tr = tr.resized(self.img_size)
+                if ra_m == 0 and not cfg.reprob and self.source_chans in (1, self.in_chans):
+                    # pad-crop + flip only: augment whole batches in one gather (see train_epoch)
+                    self.batch_transform = BatchPadCropFlip(
+                        self.img_size, in_chans=self.in_chans, source_chans=self.source_chans, hflip=cfg.hflip,
+                        mean=self.mean, std=self.std)
+                    train_transform = None
+            if getattr(self.eval_transform, "crop_pct", 0) >= 1.0:
+                va = va.resized(self.eval_img_size)
+        self.train_set = AugmentedDataset(tr, _subset(len(tr), cfg.train_samples, cfg.seed), train_transform,
+                                          cfg.seed, seeded=True, return_index=self.batch_transform is not None)
         self.val_set = AugmentedDataset(va, _subset(len(va), cfg.val_samples, cfg.seed + 1), self.eval_transform,
                                         cfg.seed, seeded=False)
         self.class_names = list(getattr(tr, "classes", []) or [])
@@ -506,7 +524,14 @@ class Trainer:
                 lr = self.schedule.step(self.optimizer, self._sched_step(i, updates))
                 loss_sum = torch.zeros((), device=self.device)
                 for micro in range(accum):
-                    x, y = next(it)
+                    if self.batch_transform is not None:
+                        # each image's crop/flip is keyed by (seed, epoch, sample index): resumable, and the same
+                        # whatever the number of processes
+                        x, y, index = next(it)
+                        key = (cfg.seed * 1_000_003 + self.epoch) * 1_000_003
+                        x = self.batch_transform(x, index.to(torch.int64) + key)
+                    else:
+                        x, y = next(it)
                     x = x.to(self.device, non_blocking=True)
                     y = y.to(self.device, non_blocking=True)
                     if cfg.channels_last:
