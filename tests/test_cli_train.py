@@ -136,6 +136,14 @@ def test_demo_runs_end_to_end_and_says_where_it_wrote(tmp_path, capsys):
                  "model_deploy.json"):
         assert (out_dir / name).is_file(), name
     assert torch.load(out_dir / "last.state.pt", weights_only=True)["global_step"] == 4
+    # the run folder alone rebuilds its model for fuse/export (config.json names model and overrides)
+    from moderncnn.deploy.export import load_checkpoint_model
+    from moderncnn.interop import read_state_dict
+
+    model = load_checkpoint_model(out_dir)
+    best = read_state_dict(out_dir / "best.safetensors")
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+    assert main(["fuse", str(out_dir), "--out", str(tmp_path / "fused.safetensors")]) == 0
 
 
 @pytest.mark.slow

@@ -86,7 +86,10 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
 
 
 def _find_weights(folder: Path) -> Path:
-    for name in ("model.safetensors", "last.pth", "last.pt", "checkpoint.pth", "checkpoint.pt", "model.pth"):
+    # a training run folder holds best/last (train form) and model_deploy (fused, with its own JSON)
+    names = ("best.safetensors", "last.safetensors", "model.safetensors", "last.pth", "last.pt", "checkpoint.pth",
+             "checkpoint.pt", "model.pth")
+    for name in names:
         if (folder / name).is_file():
             return folder / name
     found = sorted(

@@ -392,6 +392,10 @@ class Trainer:
             header = (f"# moderncnn train: resolved config ({datetime.now().isoformat(timespec='seconds')}, "
                       f"world size {self.dist.world_size}, global batch {self.global_batch}, lr {self.lr:.6g})\n")
             ckpt_io.atomic_write_text(self.run_dir / "config.yaml", header + yaml.safe_dump(resolved, sort_keys=False))
+            # what rebuilds the model of last/best.safetensors (read by `moderncnn fuse|export|eval`)
+            model_json = {"model": cfg.model, "model_kwargs": _jsonable(dict(self.model_kwargs)),
+                          "num_classes": self.num_classes, "in_chans": self.in_chans}
+            ckpt_io.atomic_write_text(self.run_dir / "config.json", json.dumps(model_json, indent=2))
             if self.progressive is not None and cfg.plots:
                 try:
                     self.progressive.plot(str(self.run_dir / "progressive.png"))
