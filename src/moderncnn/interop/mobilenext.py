@@ -38,8 +38,8 @@ def official_key_map(model: nn.Module) -> dict[str, str]:
                 mapping.update({f"features.{index}.conv.{j + 1}.{t}": f"{ours}.bn.{t}" for t in _BN_TENSORS})
                 j += span
             index += 1
-    mapping["classifier.1.weight"] = "head.weight"
-    mapping["classifier.1.bias"] = "head.bias"
+    mapping["classifier.1.weight"] = "head.fc.weight"
+    mapping["classifier.1.bias"] = "head.fc.bias"
     return mapping
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..layers import DropPath, LayerNorm2d, drop_path_rates
+from ..layers import ClassifierHead, DropPath, LayerNorm2d, drop_path_rates
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
 
@@ -180,12 +180,10 @@ class ConvNeXtRoadmap(ModelBase):
             prev, start = dim, start + depth
         self.stages = nn.Sequential(*stages)
         self.num_features = prev
-        if cfg.head_norm:
-            self.head_norm = nn.LayerNorm(prev, eps=1e-6) if cfg.norm == "ln" else nn.BatchNorm1d(prev)
-        else:
-            self.head_norm = nn.Identity()
-        self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.head = nn.Linear(prev, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        head_norm = None
+        if cfg.head_norm:  # a norm on the pooled vector (step 12, as ConvNeXt)
+            head_norm = nn.LayerNorm(prev, eps=1e-6) if cfg.norm == "ln" else nn.BatchNorm1d(prev)
+        self.head = ClassifierHead(prev, cfg.num_classes, cfg.drop_rate, norm=head_norm)
         self.apply(self._init_weights)
 
     def _init_weights(self, m: nn.Module) -> None:
@@ -197,19 +195,6 @@ class ConvNeXtRoadmap(ModelBase):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_norm(x.mean((2, 3)))  # (N, C, H, W) -> (N, C)
-        if pre_logits:
-            return x
-        return self.head(self.head_drop(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 def _ladder() -> dict[str, ConvNeXtRoadmapConfig]:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..layers import ConvBN, ConvBNAct, DropPath, drop_path_rates, make_divisible
+from ..layers import ClassifierHead, ConvBN, ConvBNAct, DropPath, drop_path_rates, make_divisible
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
 
@@ -169,8 +169,7 @@ class MobileNeXt(ModelBase):
         self._close(stages, inp, reduction, final=True)
         self.stages = nn.Sequential(*[nn.Sequential(*blocks) for blocks in stages])
         self.num_features = inp
-        self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.head = nn.Linear(inp, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.head = ClassifierHead(inp, cfg.num_classes, cfg.drop_rate)  # pool -> dropout -> Linear, no 1×1 conv
         self.apply(self._init_weights)
 
     def _close(self, stages: list, chs: int, reduction: int, final: bool = False) -> None:
@@ -192,19 +191,6 @@ class MobileNeXt(ModelBase):
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.01)
             nn.init.zeros_(m.bias)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3))  # global average pool: (N, C, H, W) -> (N, C)
-        if pre_logits:
-            return x
-        return self.head(self.head_drop(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 # name: width multiplier (official README; paper Table 3)
