@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
-from test_trainer import TINY_CONVNEXT, make_dataset
 
 from moderncnn.training.config import from_dict
 from moderncnn.training.distributed import EpochSampler
 from moderncnn.training.trainer import train
+from test_trainer import TINY_CONVNEXT, make_dataset
 
 
 def test_epoch_sampler_shards_one_permutation_and_resumes_mid_epoch():

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import inspect
 import json
 import math
 import random
@@ -129,14 +128,6 @@ def _subset(n: int, limit: int | None, seed: int) -> list[int] | None:
     return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()[:limit])
 
 
-def _call_with_supported(fn, *args, **kwargs):
-    """Call ``fn`` with only the keyword arguments it accepts (transform builders differ in options)."""
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return fn(*args, **kwargs)
-
-
 def _tuplify(v: Any) -> Any:
     if isinstance(v, list):
         return tuple(_tuplify(x) for x in v)
@@ -227,8 +218,8 @@ class Trainer:
         ra_m = aa["m"] if aa else 0.0
         if self.progressive is not None:
             ra_m = self.progressive.stage_at(0).ra_magnitude
-        self.train_transform = _call_with_supported(
-            build_train_transform, self.img_size, in_chans=self.in_chans, source_chans=self.source_chans,
+        self.train_transform = build_train_transform(
+            self.img_size, in_chans=self.in_chans, source_chans=self.source_chans,
             scale=cfg.scale, hflip=cfg.hflip, ra_magnitude=ra_m, ra_num_ops=int(aa["n"]) if aa else 2,
             ra_magnitude_std=aa["mstd"] if aa else 0.0, re_prob=cfg.reprob, mean=self.mean, std=self.std,
             crop=cfg.train_crop,
@@ -236,7 +227,7 @@ class Trainer:
         eval_kw = dict(in_chans=self.in_chans, source_chans=self.source_chans, mean=self.mean, std=self.std)
         if cfg.crop_pct is not None:
             eval_kw["crop_pct"] = cfg.crop_pct
-        self.eval_transform = _call_with_supported(build_eval_transform, self.eval_img_size, **eval_kw)
+        self.eval_transform = build_eval_transform(self.eval_img_size, **eval_kw)
         self.batch_transform = None
         train_transform = self.train_transform
         if self.progressive is None and hasattr(tr, "resized"):
@@ -826,20 +817,16 @@ def set_dropout(model: nn.Module, p: float) -> None:
 
 
 def fuse_for_deploy(model: nn.Module) -> tuple[nn.Module, str]:
-    """The deploy form: ``moderncnn.fuse`` (re-parameterize + fold BatchNorms) when available, else
-    ``reparameterize_model``. For families with a ``deploy`` config field, ``reparameterize_model`` output
-    loads straight into ``create_model(..., deploy=True)``, so that form is preferred for them."""
+    """The deploy form: ``moderncnn.fuse`` (re-parameterize + fold BatchNorms). For families with a ``deploy``
+    config field, ``reparameterize_model`` output loads straight into ``create_model(..., deploy=True)``, so
+    that form is preferred for them."""
     cfg = getattr(model, "cfg", None)
     if cfg is not None and "deploy" in {f.name for f in dataclasses.fields(cfg)}:
         from ..layers.reparam import reparameterize_model
 
         return reparameterize_model(model.eval()), "reparameterize_model"
-    try:
-        from ..deploy.fuse import fuse
-    except ImportError:
-        from ..layers.reparam import reparameterize_model
+    from ..deploy.fuse import fuse
 
-        return reparameterize_model(model.eval()), "reparameterize_model"
     return fuse(model.eval()), "fuse"
 
 
