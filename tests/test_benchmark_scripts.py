@@ -1,0 +1,73 @@
+"""The GPU benchmark scripts run end to end on the CPU in their smoke modes.
+
+They are meant for a lent GPU and a single call; a crash there wastes the device time, so their whole path
+(every section, the table writer, the exit code) is exercised here at tiny sizes. The numbers are not
+looked at, only that every row was written with a finite, positive ratio.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def _run(args: list[str], env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), **(env_extra or {}))
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _ratios(table: str) -> list[float]:
+    return [float(m) for m in re.findall(r"\| ([0-9.]+)× \|", table)]
+
+
+@pytest.mark.slow
+def test_bench_models_all_sections_on_cpu(tmp_path):
+    out = tmp_path / "models.md"
+    proc = _run(["benchmarks/bench_models.py", "--device", "cpu", "--img-size", "32", "--batch", "2",
+                 "--train-batch", "2", "--quick", "--rounds", "1", "--iters", "1", "--models", "repvgg_a0",
+                 "--compiled-models", "repvgg_a0", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| eager") or line.startswith("| compiled")
+            or line.startswith("| train")]
+    assert [r.split(" | ")[0] for r in rows] == ["| eager"] * 2 + ["| compiled"] * 2 + ["| train"]
+    ratios = _ratios(text)
+    assert len(ratios) == 5 and all(r > 0 for r in ratios)
+    assert "SMOKE TEST" in text
+
+
+def test_bench_models_rejects_unknown_model(tmp_path):
+    proc = _run(["benchmarks/bench_models.py", "--device", "cpu", "--models", "repvgg_a9",
+                 "--out", str(tmp_path / "x.md")])
+    assert proc.returncode == 2 and "repvgg_a9" in proc.stderr
+
+
+@pytest.mark.slow
+def test_large_kernel_dwconv_smoke_in_interpreter(tmp_path):
+    out = tmp_path / "dw.md"
+    proc = _run(["benchmarks/large_kernel_dwconv.py", "--smoke", "--out", str(out)],
+                env_extra={"TRITON_INTERPRET": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "RepLKNet-31B train step" in text
+    op_rows = [line for line in text.splitlines() if re.match(r"\| \d+@\d+² \| \d+ \|", line)]
+    assert len(op_rows) >= 4
+    assert len(_ratios(text)) >= 2 * len(op_rows) + 1
+
+
+def test_gpu_suite_flags_exist():
+    """Every flag gpu_suite.sh passes is accepted by the script it is passed to (argparse would exit 2)."""
+    suite = (REPO / "benchmarks" / "gpu_suite.sh").read_text()
+    for script in ("benchmarks/large_kernel_dwconv.py", "benchmarks/bench_models.py"):
+        helptext = _run([script, "--help"]).stdout
+        line = next(line for line in suite.splitlines() if script in line)
+        for flag in re.findall(r"(--[a-z-]+)", line):
+            assert flag in helptext, (script, flag)
+        assert "--quick" in helptext  # passed through $QUICK
