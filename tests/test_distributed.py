@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import socket
 import subprocess
@@ -52,11 +53,12 @@ def _config(out: str, batch_size: int):
     ))
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, overrides: dict | None = None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    train(_config(out, 8 // world), train_dataset=make_dataset(32), val_dataset=make_dataset(15, seed=1))
+    cfg = dataclasses.replace(_config(out, 8 // world), **(overrides or {}))
+    train(cfg, train_dataset=make_dataset(32), val_dataset=make_dataset(15, seed=1))
 
 
 def _free_port() -> int:
@@ -85,6 +87,21 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
         assert float(r1["eval_loss"]) == pytest.approx(float(r2["eval_loss"]), abs=1e-4)
         assert float(r1["train_loss"]) == pytest.approx(float(r2["train_loss"]), abs=1e-4)
     assert not any(p.name.startswith(".") for p in two.iterdir())  # rank 1 wrote nothing, no stray temp files
+
+
+def test_two_process_resume_restores_every_rank_rng(tmp_path):
+    """Drop-path masks differ per rank; stop mid-epoch and resume must equal the straight 2-process run."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    over = dict(drop_path=0.5, fuse=False, model_ema=False)
+    mp.spawn(_worker, args=(2, _free_port(), str(straight), over), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), str(resumed), dict(over, max_steps=3)), nprocs=2, join=True)
+    state = torch.load(resumed / "last.state.pt", weights_only=True)
+    assert state["global_step"] == 3 and len(state["rng_ranks"]) == 2
+    assert not torch.equal(state["rng_ranks"][0]["torch"], state["rng_ranks"][1]["torch"])
+    mp.spawn(_worker, args=(2, _free_port(), str(resumed), dict(over, resume=str(resumed))), nprocs=2, join=True)
+    a, b = load_file(str(straight / "last.safetensors")), load_file(str(resumed / "last.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), (k, (a[k] - b[k]).abs().max())
 
 
 @pytest.mark.slow

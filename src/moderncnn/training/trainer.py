@@ -11,9 +11,9 @@ fused deploy model (structural re-parameterization, RepVGG §3.3) with its error
 
 Reproducibility is exact on CPU: the data order of epoch ``e`` depends only on ``seed + e``, each
 sample's augmentation only on ``(seed, e, index)`` (so neither worker count nor rank changes it), and a
-checkpoint stores the optimizer, counters and every RNG state. Training N steps straight, or k steps,
-stop, resume, and train to N, gives bit-identical weights; a mid-epoch resume skips the batches the
-stopped run had already used.
+checkpoint stores the optimizer, counters and the RNG states of every process. Training N steps straight,
+or k steps, stop, resume, and train to N, gives bit-identical weights; a mid-epoch resume skips the
+batches the stopped run had already used.
 """
 
 from __future__ import annotations
@@ -43,7 +43,16 @@ from ..errors import ConfigError, ModernCNNError
 from ..factory import create_model
 from . import checkpoint as ckpt_io
 from .config import TrainConfig, parse_aa, resolve_drop_path
-from .distributed import DistInfo, EpochSampler, all_reduce_sum, barrier, broadcast_object, cleanup, init_distributed
+from .distributed import (
+    DistInfo,
+    EpochSampler,
+    all_gather_object,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+)
 from .metrics import Progress, RunLog, accuracy
 
 
@@ -178,7 +187,7 @@ class Trainer:
         self._prepare_run_dir()
         if cfg.resume:
             self._resume(cfg.resume)
-        if self.dist.rank > 0 and not cfg.resume:  # dropout/drop-path masks differ per process
+        if self.dist.rank > 0:  # dropout/drop-path masks differ per process; a resume restores them in run()
             _seed_all(cfg.seed + 1000 * self.dist.rank)
 
     def _build_data(self) -> None:
@@ -394,13 +403,14 @@ class Trainer:
                     print(f"warning: could not draw progressive.png: {exc}", file=sys.stderr)
 
     # -- checkpoints -----------------------------------------------------------------------------------
-    def _train_state(self) -> dict[str, Any]:
+    def _train_state(self, rng_ranks: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "optimizer": self.optimizer.state_dict(),
-            "rng": ckpt_io.rng_state(),
+            "rng": rng_ranks[0],
+            "rng_ranks": rng_ranks,  # every process's RNG (dropout and drop-path masks differ per rank)
             "epoch_loss": list(self.epoch_loss),
             "best_top1": self.best_top1,
             "best_epoch": self.best_epoch,
@@ -410,12 +420,14 @@ class Trainer:
         }
 
     def save(self, tag: str = "last") -> Path | None:
+        """Write checkpoint ``tag`` (rank 0). Called on every rank: it gathers each process's RNG state."""
+        rng_ranks = all_gather_object(ckpt_io.rng_state(), self.dist)
         if not self.primary:
             return None
         path = ckpt_io.save_checkpoint(
             self.run_dir, tag, model_state=self.model.state_dict(),
             ema_state=self.ema.state_dict() if self.ema is not None else None,
-            train_state=self._train_state(), model_name=self.cfg.model, model_config=self.model_config,
+            train_state=self._train_state(rng_ranks), model_name=self.cfg.model, model_config=self.model_config,
         )
         if tag == "last":
             self._last_saved_step = self.global_step
@@ -440,7 +452,11 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = st["epoch"], st["step_in_epoch"], st["global_step"]
         self.best_top1, self.best_epoch = st.get("best_top1"), st.get("best_epoch")
         self.epoch_loss = tuple(st.get("epoch_loss", (0.0, 0)))
-        self._resume_rng = st["rng"] if self.dist.rank == 0 else None
+        ranks = st.get("rng_ranks") or [st["rng"]]
+        self._resume_rng = ranks[self.dist.rank] if self.dist.rank < len(ranks) else None
+        if len(ranks) != self.dist.world_size:
+            self.log(f"note: {ck.path} was written by {len(ranks)} process(es), this run has "
+                     f"{self.dist.world_size}; only the RNG states of ranks below {len(ranks)} are restored")
         self._last_saved_step = self.global_step
         self.log(f"resumed from {ck.path}: epoch {self.epoch + 1}, step {self.step_in_epoch} of that epoch, "
                  f"global step {self.global_step}")
