@@ -68,7 +68,7 @@ def _smallest_per_family() -> list[str]:
 # every other registered model runs in the slow suite
 DEFAULT_FUSE = (set(_smallest_per_family()) - {"efficientnetv2_b0"}) | {  # float64 depthwise is slow: one B0
     "tf_efficientnetv2_b0", "repvgg_b1g4", "repvgg_d2se", "convnext_roadmap_0_resnet50",
-    "convnext_roadmap_10_fewer_norms", "convnext_tiny",
+    "convnext_roadmap_10_fewer_norms", "convnext_roadmap_12_convnext", "convnext_tiny",
 }
 
 
@@ -159,6 +159,31 @@ def test_fuse_exact_every_model(name):
     family = get_entry(name).family
     assert count_batchnorms(fused) == REMAINING.get(family, 0), str(report)
     assert not any(isinstance(m, nn.Dropout) for m in fused.modules())
+    scales = sum(isinstance(getattr(m, "gamma", None), nn.Parameter) for m in model.modules())
+    assert report.folded_layer_scales == scales
+    assert not any(isinstance(getattr(m, "gamma", None), nn.Parameter) for m in fused.modules())
+
+
+@pytest.mark.parametrize(
+    "overrides, target",
+    [
+        ({}, nn.Conv2d),  # ConvNeXt's own step: no norm after the last 1×1
+        ({"norm": "bn"}, nn.Conv2d),
+        ({"fewer_norms": False}, nn.LayerNorm),  # a LayerNorm after the last 1×1 takes γ in its affine
+        ({"fewer_norms": False, "norm": "bn"}, nn.BatchNorm2d),  # into the BN, which then folds into the conv
+    ],
+)
+def test_fuse_folds_layer_scale_into_whatever_precedes_it(overrides, target):
+    model = create_model("convnext_roadmap_12_convnext", num_classes=10, depths=(1, 1, 1, 1), **overrides).double()
+    _perturb(model)
+    randomize_bn(model, input_size=64)
+    blocks = [m for m in model.modules() if hasattr(m, "layer_scale_target")]
+    assert blocks and all(isinstance(b.layer_scale_target(), target) for b in blocks)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    fused, report = fuse(model, report=True)
+    assert report.folded_layer_scales == len(blocks)
+    with torch.no_grad():
+        assert rel_err(fused(x), model(x)) <= 1e-10
 
 
 FEATURES_DEFAULT = {"repvgg_a0", "mobilenext_035", "replknet_31b"}  # the rest of each family: -m slow

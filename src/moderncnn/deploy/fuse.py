@@ -19,9 +19,10 @@ and when each module runs exactly once. So a conv whose output also feeds a shor
 BN subclass with extra behaviour or a padded conv after a BN is never folded. No torch.fx, so models
 with data-dependent Python (features-only lists, input checks) are handled as they run.
 
-ConvNeXt's layer scale (Liu et al., CVPR 2022, §3: ``x·γ`` after the last 1×1) folds into that 1×1
-the same way (``W' = γ·W``, ``b' = γ·b``) for blocks that expose ``gamma`` and ``mlp.fc2``; this saves
-one full elementwise pass per block in eager mode.
+ConvNeXt's layer scale (Liu et al., CVPR 2022, §3: ``x·γ`` after the last 1×1) folds into the module
+that produced ``x`` the same way (``W' = γ·W``, ``b' = γ·b``, or a norm's affine weight and bias) for
+blocks that name it with ``layer_scale_target()``; this saves one full elementwise pass per block in
+eager mode.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class FuseReport:
     reparameterized: int = 0  # blocks whose reparameterize() ran (0 when already fused)
     folded_into_previous_conv: int = 0  # conv -> BN
     folded_into_next_conv: int = 0  # BN -> unpadded conv
-    folded_layer_scales: int = 0  # ConvNeXt gamma -> fc2
+    folded_layer_scales: int = 0  # layer-scale gamma -> the module before it
     dropped: int = 0  # Dropout / DropPath replaced by Identity
     remaining: dict[str, str] = field(default_factory=dict)  # BN name -> why it stays
 
@@ -279,22 +280,39 @@ def _fold_batchnorms(model: nn.Module, example: torch.Tensor, report: FuseReport
 
 
 @torch.no_grad()
+def _scale_output_channels(m: nn.Module, gamma: torch.Tensor) -> bool:
+    """Make ``m(x)·γ`` (γ per output channel) a property of ``m`` itself; False if ``m`` cannot absorb it.
+
+    A linear layer or (non-transposed, any groups) convolution scales its weight rows and bias; an affine
+    norm (BatchNorm, channels-first LayerNorm, GroupNorm) scales its weight and bias.
+    """
+    w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+    linear = isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    norm = isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm))
+    if not (linear or norm) or not isinstance(w, nn.Parameter) or w.shape[0] != gamma.numel():
+        return False
+    if norm and w.ndim != 1:  # a LayerNorm over more than the channel dimension
+        return False
+    with torch.no_grad():
+        m.weight = nn.Parameter(w * gamma.reshape(-1, *([1] * (w.ndim - 1))))
+        if b is not None:
+            m.bias = nn.Parameter(b * gamma)
+    return True
+
+
 def _fold_layer_scales(model: nn.Module) -> int:
-    """ConvNeXt: ``fc2(h)·γ == (γ·fc2)(h)``; the block skips the multiply once ``gamma`` is None."""
+    """Layer scale ``y·γ`` folds into the module that produced ``y`` (ConvNeXt: the last 1×1 of the block).
+
+    Blocks opt in with ``layer_scale_target()``, the module whose output channels γ multiplies; they skip
+    the multiply once ``gamma`` is None.
+    """
     n = 0
     for m in model.modules():
         gamma = getattr(m, "gamma", None)
-        fc2 = getattr(getattr(m, "mlp", None), "fc2", None)
-        if not isinstance(gamma, nn.Parameter) or not isinstance(fc2, (nn.Linear, nn.Conv2d)):
-            continue
-        if gamma.ndim != 1 or gamma.numel() != fc2.weight.shape[0] or type(m).__name__ != "ConvNeXtBlock":
-            continue
-        w = fc2.weight * gamma.reshape(-1, *([1] * (fc2.weight.ndim - 1)))
-        b = gamma * fc2.bias if fc2.bias is not None else torch.zeros_like(gamma)
-        fc2.weight = nn.Parameter(w)
-        fc2.bias = nn.Parameter(b)
-        m.gamma = None
-        n += 1
+        if isinstance(gamma, nn.Parameter) and hasattr(m, "layer_scale_target"):
+            if _scale_output_channels(m.layer_scale_target(), gamma.detach()):
+                m.gamma = None
+                n += 1
     return n
 
 

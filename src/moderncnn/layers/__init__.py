@@ -12,7 +12,6 @@ from .reparam import (
     pad_kernel_to,
     reparameterize_model,
 )
-from .scale import LayerScale
 
 __all__ = [
     "ClassifierHead",
@@ -23,7 +22,6 @@ __all__ = [
     "make_divisible",
     "drop_path_rates",
     "LayerNorm2d",
-    "LayerScale",
     "fuse_conv_bn",
     "fuse_conv_bn_tensors",
     "identity_kernel",

@@ -56,6 +56,10 @@ class ConvNeXtBlock(nn.Module):
         self.gamma = nn.Parameter(torch.full((dim,), ls)) if ls > 0 else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
+    def layer_scale_target(self) -> nn.Module:
+        """The module whose output ``gamma`` scales (``moderncnn.fuse`` folds it there)."""
+        return self.mlp.fc2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         x = self.conv_dw(x)

@@ -123,6 +123,10 @@ class RoadmapBlock(nn.Module):
             self.shortcut = nn.Identity()
         self.act_out = nn.Identity() if cfg.fewer_acts else _act(cfg)
 
+    def layer_scale_target(self) -> nn.Module:
+        """The module whose output ``gamma`` scales (``moderncnn.fuse`` folds it there)."""
+        return self.conv3 if isinstance(self.norm3, nn.Identity) else self.norm3
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act1(self.norm1(self.conv1(x)))
         y = self.act2(self.norm2(self.conv2(y)))
