@@ -7,7 +7,8 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# the golden files of the official implementations (../shared beside the checkout, as in CI; or elsewhere)
+SHARED = Path(os.environ.get("MODERNCNN_SHARED", REPO.parent / "shared"))
 REFERENCE = SHARED / "reference"
 OFFICIAL = REFERENCE / "official"
 
