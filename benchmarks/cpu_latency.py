@@ -3,9 +3,10 @@
     PYTHONPATH=src python benchmarks/cpu_latency.py --threads 1 --out docs/benchmarks-cpu.md
 
 224², fp32, ``torch.inference_mode``. The four variants of each model (ours train / ours fused / timm
-train / timm reparameterized) run in rotating order, one forward each, many times; the median of each
-is reported, so load from other processes on a shared machine hits all four alike. The load average
-before and after is written beside the numbers.
+train / timm reparameterized) run in interleaved rounds, rotating who goes first; in each round every
+variant makes one untimed call (its weights back in cache) and then ``--calls`` timed ones. The median
+of each is reported, so load from other processes hits all four alike. The load average before and
+after is written beside the numbers.
 
 Targets: RepVGG fused ≥ 1.3× faster than its train form (RepVGG paper §4, Table 4 reports the
 deploy speed; performance.md §9 goal 4); ours no slower than timm (ratio ≥ 1.0).
@@ -33,8 +34,13 @@ def _loadavg() -> str:
         return "n/a"
 
 
-def measure(name: str, size: int, runs: int, warmup: int) -> dict[str, float]:
-    """Median batch-1 latency (ms) of ours/timm in train and deploy form, interleaved."""
+def measure(name: str, size: int, rounds: int, warmup: int, calls: int) -> dict[str, float]:
+    """Median batch-1 latency (ms) of ours/timm in train and deploy form, in interleaved rounds.
+
+    Each round gives every variant (rotating who goes first) one untimed call, which brings its weights
+    back into the caches the other variants used, then ``calls`` timed calls; the median over all timed
+    calls is reported.
+    """
     models = {
         "ours train": build_ours(name, "train").eval(),
         "ours fused": build_ours(name, "deploy"),
@@ -48,12 +54,14 @@ def measure(name: str, size: int, runs: int, warmup: int) -> dict[str, float]:
         for _ in range(warmup):
             for m in models.values():
                 m(x)
-        for i in range(runs):
+        for i in range(rounds):
             order = keys[i % len(keys):] + keys[: i % len(keys)]  # rotate who goes first
             for k in order:
-                t = time.perf_counter()
                 models[k](x)
-                times[k].append((time.perf_counter() - t) * 1e3)
+                for _ in range(calls):
+                    t = time.perf_counter()
+                    models[k](x)
+                    times[k].append((time.perf_counter() - t) * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -62,7 +70,8 @@ def main() -> int:
     ap.add_argument("models", nargs="*", default=["repvgg_a0"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--img-size", type=int, default=224)
-    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--runs", type=int, default=40, help="interleaved rounds")
+    ap.add_argument("--calls", type=int, default=1, help="timed calls per variant and round")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", default="docs/benchmarks-cpu.md")
     args = ap.parse_args()
@@ -77,7 +86,7 @@ def main() -> int:
     load_before = _loadavg()
     rows = []
     for name in args.models:
-        ms = measure(name, args.img_size, args.runs, args.warmup)
+        ms = measure(name, args.img_size, args.runs, args.warmup, args.calls)
         rows.append((name, ms))
         print(name, {k: round(v, 2) for k, v in ms.items()}, flush=True)
     load_after = _loadavg()
@@ -87,9 +96,9 @@ def main() -> int:
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; torch {torch.__version__}, timm {timm.__version__}; "
         f"{args.threads} thread(s) on a {os.cpu_count()}-core machine",
-        f"- load average (1/5/15 min) before {load_before}, after {load_after}: the machine was shared with "
-        "other jobs, so absolute numbers are noisy; the four variants were interleaved (rotating order, "
-        f"{args.runs} runs each, median) so the ratios are the meaningful part",
+        f"- load average (1/5/15 min) before {load_before}, after {load_after}; the four variants run in "
+        f"{args.runs} interleaved rounds (rotating order; per round one untimed call, then {args.calls} timed "
+        "calls each; median of all timed calls), so drift and other load hit all four alike",
         f"- command: `{command}`",
         "",
         "| model | ours train ms | ours fused ms | fused speed-up (target ≥ 1.3×) | timm train ms | timm fused ms "
