@@ -8,8 +8,9 @@ alternating rounds in the same process (median of the rounds; CUDA events), so d
 1. Inference, eager, batch 256: our deploy form (``moderncnn.fuse``: Rep blocks merged, BN folded,
    ConvNeXt layer scale folded) and our train form vs timm (timm's deploy form via
    ``timm.utils.model.reparameterize_model`` for RepVGG), for convnext_tiny, repvgg_a2, efficientnetv2_s.
-2. Inference, ours fused + ``torch.compile`` vs timm eager and timm compiled (convnext_tiny, repvgg_a2).
-3. Training step (forward + backward + SGD), batch 128, train form, ours vs timm, the three models.
+2. Training step (forward + backward + SGD), batch 128, train form, ours vs timm, the three models.
+3. Inference, ours fused + ``torch.compile`` vs timm eager and timm compiled (convnext_tiny, repvgg_a2);
+   last, because its four compilations take the longest.
 
 Targets (performance.md §9 and the deploy brief): eager ≥ 1.0× timm; fused+compiled ≥ 1.8× timm eager
 (convnext_tiny) and ≥ 1.35× (repvgg_a2); training ≥ 1.0× timm. Results are written section by section,
@@ -138,23 +139,6 @@ def main() -> int:
             _free()
         print(f"   [{time.time() - t0:.0f} s]", flush=True)
 
-    if "compiled" in sections:
-        print("== inference, ours fused + compiled", flush=True)
-        for name in compiled:
-            runners = [
-                _runner(build_ours(name, "deploy"), name, "moderncnn", "deploy", "infer", dev, args.batch, True),
-                _runner(build_timm(name, "deploy"), name, "timm", "deploy", "infer", dev, args.batch),
-                _runner(build_timm(name, "deploy"), name, "timm", "deploy", "infer", dev, args.batch, True),
-            ]
-            secs = time_interleaved(runners, dev, **timing)
-            ips = [args.batch / s for s in secs]
-            rep.add("compiled", name, "fused + compile", "timm eager", args.batch, ips[0], ips[1],
-                    TARGET_COMPILED.get(name))
-            rep.add("compiled", name, "fused + compile", "timm compiled", args.batch, ips[0], ips[2], None)
-            del runners
-            _free()
-            print(f"   [{time.time() - t0:.0f} s]", flush=True)
-
     if "train" in sections:
         print("== training step (SGD), train form", flush=True)
         for name in models:
@@ -171,6 +155,23 @@ def main() -> int:
             del runners
             _free()
         print(f"   [{time.time() - t0:.0f} s]", flush=True)
+
+    if "compiled" in sections:
+        print("== inference, ours fused + compiled", flush=True)
+        for name in compiled:
+            runners = [
+                _runner(build_ours(name, "deploy"), name, "moderncnn", "deploy", "infer", dev, args.batch, True),
+                _runner(build_timm(name, "deploy"), name, "timm", "deploy", "infer", dev, args.batch),
+                _runner(build_timm(name, "deploy"), name, "timm", "deploy", "infer", dev, args.batch, True),
+            ]
+            secs = time_interleaved(runners, dev, **timing)
+            ips = [args.batch / s for s in secs]
+            rep.add("compiled", name, "fused + compile", "timm eager", args.batch, ips[0], ips[1],
+                    TARGET_COMPILED.get(name))
+            rep.add("compiled", name, "fused + compile", "timm compiled", args.batch, ips[0], ips[2], None)
+            del runners
+            _free()
+            print(f"   [{time.time() - t0:.0f} s]", flush=True)
 
     if dev.type != "cuda" or IMG_SIZE != 224:
         rep.notes.append(f"- SMOKE TEST ({dev.type}, {IMG_SIZE}²): not a measurement")

@@ -11,7 +11,7 @@ Model rows: one RepLKNet-31B training step (batch 64, 224², bf16 autocast, chan
 ``moderncnn.kernels`` set to "torch" (F.conv2d everywhere) and to "auto" (our dispatch).
 
     python benchmarks/large_kernel_dwconv.py                 # full run (~4 min on an H100)
-    python benchmarks/large_kernel_dwconv.py --quick         # k in {7, 31}, stage 1 and 3
+    python benchmarks/large_kernel_dwconv.py --quick         # k in {7, 31}, stages 1, 3 and 4
     TRITON_INTERPRET=1 python benchmarks/large_kernel_dwconv.py --smoke   # tiny CPU check of the script
 
 Timing: CUDA events around each call after warm-up, median over repeats. The table is printed and
@@ -105,7 +105,7 @@ def op_table(args, device) -> list[str]:
     if args.smoke:
         B, stages, ks, dtypes = 1, [(4, 12), (2, 7)], [3, 13], [torch.float32]
     elif args.quick:
-        B, stages, ks, dtypes = 64, [STAGES[0], STAGES[2]], [7, 31], DTYPES
+        B, stages, ks, dtypes = 64, [STAGES[0], STAGES[2], STAGES[3]], [7, 31], DTYPES
     else:
         B, stages, ks, dtypes = 64, STAGES, KERNELS, DTYPES
     lines = [
@@ -244,7 +244,7 @@ def sweep(device) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="subset: k in {7, 31}, stages 1 and 3")
+    p.add_argument("--quick", action="store_true", help="subset: k in {7, 31}, stages 1, 3 and 4")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, runs on CPU under TRITON_INTERPRET=1")
     p.add_argument("--no-model", action="store_true", help="skip the RepLKNet-31B training-step rows")
     p.add_argument("--model-only", action="store_true", help="only the RepLKNet-31B training-step rows")
