@@ -341,3 +341,14 @@ def test_cli_bench_cpu_and_absent_cuda(tmp_path, capsys):
     assert main(["bench", "convnext_atto", "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert "no CUDA device" in err and "--device cpu" in err
+
+
+def test_cli_bench_takes_timm_benchmark_flags(tmp_path):
+    """timm's benchmark.py spellings: --bench inference, --precision amp_bfloat16, --num-*-iter."""
+    assert main(["bench", "convnext_atto", "--img-size", "32", "-b", "2", "--bench", "inference",
+                 "--precision", "amp_bfloat16", "--num-warm-iter", "1", "--num-bench-iter", "1", "--rounds", "1",
+                 "--out", str(tmp_path / "b")]) == 0
+    rec = json.loads((tmp_path / "b.json").read_text())["results"][0]
+    assert rec["mode"] == "infer" and rec["precision"] == "bf16"
+    with pytest.raises(SystemExit):  # a pure float16 cast is not autocast: refused, not silently remapped
+        main(["bench", "convnext_atto", "--precision", "float16"])

@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+# timm benchmark.py's --precision names for autocast (its pure float16/bfloat16 casts are not offered here)
+_TIMM_PRECISION = {"float32": "fp32", "amp": "fp16", "amp_float16": "fp16", "amp_bfloat16": "bf16"}
+
 
 def _fuse(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
@@ -101,16 +104,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("-b", "--batch", type=int, default=32)
     p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="bf16/fp16 = autocast")
+    # timm's benchmark.py spellings are accepted too: --bench inference, --precision bfloat16, --torchcompile
+    p.add_argument("--precision", type=lambda v: _TIMM_PRECISION.get(v, v), choices=("fp32", "bf16", "fp16"),
+                   default="fp32", help="bf16/fp16 = autocast (timm's amp_bfloat16, amp_float16, amp also work)")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile (after fusing)")
-    p.add_argument("--mode", choices=("infer", "train", "both"), default="infer")
+    p.add_argument("--compile", "--torchcompile", action="store_true", help="torch.compile (after fusing)")
+    p.add_argument("--mode", "--bench", type=lambda v: "infer" if v == "inference" else v,
+                   choices=("infer", "train", "both"), default="infer", help="infer (or inference), train, both")
     p.add_argument("--form", choices=("train", "deploy", "both"), default="train",
                    help="deploy = fused (timm: timm.utils.model.reparameterize_model)")
     p.add_argument("--vs-timm", action="store_true", help="time timm's model too, interleaved, and the ratio")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--iters", type=int, default=10, help="steps per timed round")
+    p.add_argument("--warmup", "--num-warm-iter", type=int, default=5)
+    p.add_argument("--iters", "--num-bench-iter", type=int, default=10, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (the median is reported)")
     p.add_argument("--out", default=None, help="write <out>.csv and <out>.json")
     p.set_defaults(func=_bench)
