@@ -62,6 +62,15 @@ def test_large_kernel_dwconv_smoke_in_interpreter(tmp_path):
     assert len(_ratios(text)) >= 2 * len(op_rows) + 1
 
 
+def test_cpu_dwconv_smoke(tmp_path):
+    out = tmp_path / "cpu.md"
+    proc = _run(["benchmarks/cpu_dwconv.py", "--smoke", "--rounds", "1", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert len(_ratios(text)) == 2 * 2 + 3  # two op rows (fwd, f+b), three model rows
+    assert all(r > 0 for r in _ratios(text))
+
+
 def test_gpu_suite_flags_exist():
     """Every flag gpu_suite.sh passes is accepted by the script it is passed to (argparse would exit 2)."""
     suite = [line for line in (REPO / "benchmarks" / "gpu_suite.sh").read_text().splitlines()

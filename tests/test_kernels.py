@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import rel_err
 from moderncnn import kernels
 from moderncnn.kernels import depthwise_conv2d
 
@@ -39,6 +40,50 @@ def test_auto_on_cpu_is_f_conv2d_and_differentiable():
     ref = ref + b.view(1, 3, 1, 1)
     assert torch.allclose(y, ref, atol=1e-12)
     assert torch.autograd.gradcheck(lambda *t: depthwise_conv2d(*t), (x[:1, :, :5, :4], w, b))
+
+
+@pytest.mark.parametrize(
+    "shape, k, train, converts",
+    [
+        ((2, 6, 11, 9), 15, False, True),  # large kernel: NCHW's slow CPU path is avoided
+        ((1, 4, 5, 7), 31, True, True),  # kernel larger than the image, with backward
+        ((2, 6, 10, 8), 13, False, False),  # below k=15 NCHW is as fast or faster: kept
+        ((2, 6, 10, 8), 5, True, False),
+    ],
+)
+def test_auto_on_cpu_picks_the_layout_and_keeps_the_result(shape, k, train, converts, monkeypatch):
+    calls = []
+    real = F.conv2d
+    monkeypatch.setattr(kernels.F, "conv2d", lambda x, *a, **kw: calls.append(x) or real(x, *a, **kw))
+    g = torch.Generator().manual_seed(0)
+    x64 = torch.randn(*shape, generator=g, dtype=torch.float64)
+    w64 = torch.randn(shape[1], 1, k, k, generator=g, dtype=torch.float64) / k
+    b64 = torch.randn(shape[1], generator=g, dtype=torch.float64)
+    x, w, b = (t.float().requires_grad_(train) for t in (x64, w64, b64))
+    y = depthwise_conv2d(x, w, b)
+    assert calls[0].is_contiguous(memory_format=torch.channels_last) == converts  # what F.conv2d was given
+    assert y.is_contiguous() and y.dtype == torch.float32
+    ref = real(x64.requires_grad_(train), w64.requires_grad_(train), b64.requires_grad_(train), padding=k // 2,
+               groups=shape[1])
+    assert rel_err(y, ref) <= 1e-5
+    if train:
+        dy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+        grads = torch.autograd.grad(y, (x, w, b), dy.float())
+        refs = torch.autograd.grad(ref, (x64, w64, b64), dy)
+        assert max(rel_err(a, r) for a, r in zip(grads, refs)) <= 1e-5
+
+
+def test_auto_on_cpu_keeps_channels_last_and_float64_inputs(monkeypatch):
+    calls = []
+    real = F.conv2d
+    monkeypatch.setattr(kernels.F, "conv2d", lambda x, *a, **kw: calls.append(x) or real(x, *a, **kw))
+    x = torch.randn(1, 4, 12, 12).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(4, 1, 17, 17)
+    assert depthwise_conv2d(x, w).is_contiguous(memory_format=torch.channels_last)
+    depthwise_conv2d(x.contiguous().double(), w.double())  # oneDNN's float64 CL path is the slow one
+    assert calls[1].is_contiguous()
+    depthwise_conv2d(x.contiguous(), w, impl="torch")  # an explicit "torch" runs F.conv2d on the input as given
+    assert calls[2].is_contiguous()
 
 
 def test_meta_device_shapes():

@@ -1,0 +1,154 @@
+"""CPU: large-kernel depthwise conv, ``depthwise_conv2d(impl="auto")`` vs plain ``F.conv2d`` on NCHW input.
+
+    PYTHONPATH=src python benchmarks/cpu_dwconv.py --out docs/benchmarks-cpu-dwconv.md
+
+On the CPU ``auto`` runs PyTorch's kernel too, but on a channels_last copy of an NCHW input where PyTorch's
+NCHW path is slow (``moderncnn.kernels._cpu_prefers_channels_last``). This measures what that choice buys,
+side by side in one run, median of interleaved repeats:
+
+1. ops: RepLKNet-31B stage shapes at batch 1 (C@H²: 128@56², 256@28², 512@14², 1024@7²) with their kernel
+   sizes (31, 29, 27, 13), k=5 (the parallel small kernel) and k=15/13 (the threshold), forward and
+   forward+backward, float32;
+2. the whole RepLKNet-31B: batch-1 inference at 224², training form and fused, and one training step
+   (batch 2, 224², SGD), each with ``set_default_impl("torch")`` vs ``"auto"``.
+
+The thresholds in ``moderncnn/kernels/__init__.py`` were read from this script's op rows; rerun it when
+torch changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from moderncnn import create_model, fuse, kernels
+from moderncnn.kernels import depthwise_conv2d
+
+OPS = [(128, 56, 31), (128, 56, 15), (128, 56, 13), (128, 56, 5), (256, 28, 29), (512, 14, 27), (512, 14, 5),
+       (1024, 7, 13)]
+
+
+def interleaved(fns: dict, rounds: int) -> dict[str, float]:
+    """Median ms of each callable, called in rotating order, ``rounds`` times after one warm-up call."""
+    keys = list(fns)
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    for i in range(rounds):
+        for k in keys[i % len(keys):] + keys[: i % len(keys)]:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def time_op(C: int, H: int, k: int, rounds: int) -> dict[str, float]:
+    """Forward ("tf"/"af") and forward+backward ("tb"/"ab") ms with impl torch and auto, interleaved."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, C, H, H, generator=g)
+    w, b = torch.randn(C, 1, k, k, generator=g) / k, torch.randn(C, generator=g)
+    xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
+
+    def fwd(impl):
+        with torch.no_grad():
+            depthwise_conv2d(x, w, b, impl=impl)
+
+    def fwdbwd(impl):
+        y = depthwise_conv2d(xg, wg, bg, impl=impl)
+        torch.autograd.grad(y, (xg, wg, bg), torch.ones_like(y))
+
+    return interleaved({"tf": lambda: fwd("torch"), "af": lambda: fwd("auto"),
+                        "tb": lambda: fwdbwd("torch"), "ab": lambda: fwdbwd("auto")}, rounds)
+
+
+def op_rows(rounds: int, smoke: bool) -> list[str]:
+    lines = ["| C@H², k | torch fwd ms | auto fwd ms | fwd speed-up | torch f+b ms | auto f+b ms | f+b speed-up |",
+             "|---|---|---|---|---|---|---|"]
+    for C, H, k in OPS[:2] if smoke else OPS:
+        C, H = (C // 16, H // 4) if smoke else (C, H)
+        r = time_op(C, H, k, rounds)
+        lines.append(f"| {C}@{H}², {k} | {r['tf']:.2f} | {r['af']:.2f} | {r['tf'] / r['af']:.1f}× "
+                     f"| {r['tb']:.2f} | {r['ab']:.2f} | {r['tb'] / r['ab']:.1f}× |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def model_rows(rounds: int, smoke: bool) -> list[str]:
+    size, kw = (64, dict(layers=(1, 1, 1, 1))) if smoke else (224, {})
+    model = create_model("replknet_31b", **kw).eval()
+    fused = fuse(model)
+    x = torch.randn(1, 3, size, size)
+    xb, yb = torch.randn(2, 3, size, size), torch.tensor([1, 2])
+    trainee = create_model("replknet_31b", **kw).train()
+    opt = torch.optim.SGD(trainee.parameters(), lr=1e-3)
+
+    def infer(m):
+        with torch.inference_mode():
+            m(x)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(trainee(xb), yb).backward()
+        opt.step()
+
+    def timed(fn, impl):
+        def run():
+            kernels.set_default_impl(impl)
+            fn()
+        return run
+
+    old = kernels.get_default_impl()
+    try:
+        r = interleaved({f"{name} {impl}": timed(fn, impl) for name, fn in
+                         (("train", lambda: infer(model)), ("fused", lambda: infer(fused)), ("step", step))
+                         for impl in ("torch", "auto")}, rounds)
+    finally:
+        kernels.set_default_impl(old)
+    lines = ["| RepLKNet-31B | F.conv2d as given (`torch`) ms | `auto` ms | speed-up |", "|---|---|---|---|"]
+    for name, what in (("train", f"inference, training form, batch 1, {size}²"),
+                       ("fused", f"inference, fused, batch 1, {size}²"),
+                       ("step", f"training step, batch 2, {size}², SGD")):
+        t, a = r[f"{name} torch"], r[f"{name} auto"]
+        lines.append(f"| {what} | {t:.0f} | {a:.0f} | {t / a:.1f}× |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes (tests)")
+    ap.add_argument("--out", default="docs/benchmarks-cpu-dwconv.md")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    t0 = time.time()
+    lines = op_rows(args.rounds, args.smoke) + [""] + model_rows(max(2, args.rounds // 2), args.smoke)
+    command = "PYTHONPATH=src python benchmarks/cpu_dwconv.py " + " ".join(sys.argv[1:])
+    head = [
+        "# Large-kernel depthwise conv on the CPU: layout choice of `impl=\"auto\"`",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; torch {torch.__version__}; {args.threads} thread(s) on a "
+        f"{os.cpu_count()}-core machine; float32; interleaved rounds, median",
+        f"- command: `{command}` ({time.time() - t0:.0f} s)",
+        "- `torch`: `F.conv2d` on the NCHW input as given; `auto`: `F.conv2d` on a channels_last copy where "
+        "that is faster, the result converted back to NCHW (conversion time included)",
+        "",
+    ]
+    text = "\n".join(head + lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
