@@ -2,9 +2,9 @@
 
     PYTHONPATH=src python benchmarks/cpu_dwconv.py --out docs/benchmarks-cpu-dwconv.md
 
-On the CPU ``auto`` runs PyTorch's kernel too, but on a channels_last copy of an NCHW input where PyTorch's
-NCHW path is slow (``moderncnn.kernels._cpu_prefers_channels_last``). This measures what that choice buys,
-side by side in one run, median of interleaved repeats:
+On the CPU ``auto`` computes the output and all gradients with oneDNN's channels_last forward wherever
+PyTorch's own kernels leave it (``moderncnn.kernels._cpu_onednn_path``, ``_dwconv_cpu.py``). This measures
+what that buys, side by side in one run, median of interleaved repeats:
 
 1. ops: RepLKNet-31B stage shapes at batch 1 (C@H²: 128@56², 256@28², 512@14², 1024@7²) with their kernel
    sizes (31, 29, 27, 13), k=5 (the parallel small kernel) and k=15/13 (the threshold), forward and
@@ -139,8 +139,8 @@ def main() -> int:
         f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; torch {torch.__version__}; {args.threads} thread(s) on a "
         f"{os.cpu_count()}-core machine; float32; interleaved rounds, median",
         f"- command: `{command}` ({time.time() - t0:.0f} s)",
-        "- `torch`: `F.conv2d` on the NCHW input as given; `auto`: `F.conv2d` on a channels_last copy where "
-        "that is faster, the result converted back to NCHW (conversion time included)",
+        "- `torch`: `F.conv2d` and its autograd on the NCHW input as given; `auto`: output and gradients from "
+        "oneDNN's channels_last forward where that is faster, results converted back to NCHW (included)",
         "",
     ]
     text = "\n".join(head + lines) + "\n"

@@ -43,34 +43,44 @@ def test_auto_on_cpu_is_f_conv2d_and_differentiable():
 
 
 @pytest.mark.parametrize(
-    "shape, k, train, converts",
+    "shape, k, train, cl, bias, dtype, fast",
     [
-        ((2, 6, 11, 9), 15, False, True),  # large kernel: NCHW's slow CPU path is avoided
-        ((1, 4, 5, 7), 31, True, True),  # kernel larger than the image, with backward
-        ((2, 6, 10, 8), 13, False, False),  # below k=15 NCHW is as fast or faster: kept
-        ((2, 6, 10, 8), 5, True, False),
+        ((2, 6, 11, 9), 15, False, False, True, torch.float32, True),  # NCHW input, oneDNN channels_last forward
+        ((1, 4, 5, 7), 31, True, False, True, torch.float32, True),  # kernel larger than the image, backward
+        ((3, 5, 9, 12), 17, True, True, False, torch.float32, True),  # channels_last in and out, no bias
+        ((2, 4, 13, 10), 15, True, False, True, torch.bfloat16, True),
+        ((2, 6, 10, 8), 5, True, False, True, torch.float32, True),  # with a backward pass from k=5
+        ((2, 6, 10, 8), 13, False, False, True, torch.float32, False),  # inference below k=15: F.conv2d as given
+        ((2, 6, 10, 8), 3, True, False, True, torch.float32, False),
     ],
 )
-def test_auto_on_cpu_picks_the_layout_and_keeps_the_result(shape, k, train, converts, monkeypatch):
+def test_auto_on_cpu_large_kernels(shape, k, train, cl, bias, dtype, fast, monkeypatch):
+    """Output and all gradients against float64 F.conv2d; the layout F.conv2d saw; the layout returned."""
     calls = []
     real = F.conv2d
     monkeypatch.setattr(kernels.F, "conv2d", lambda x, *a, **kw: calls.append(x) or real(x, *a, **kw))
     g = torch.Generator().manual_seed(0)
     x64 = torch.randn(*shape, generator=g, dtype=torch.float64)
     w64 = torch.randn(shape[1], 1, k, k, generator=g, dtype=torch.float64) / k
-    b64 = torch.randn(shape[1], generator=g, dtype=torch.float64)
-    x, w, b = (t.float().requires_grad_(train) for t in (x64, w64, b64))
+    b64 = torch.randn(shape[1], generator=g, dtype=torch.float64) if bias else None
+    mf = torch.channels_last if cl else torch.contiguous_format
+    x = x64.to(dtype).contiguous(memory_format=mf).requires_grad_(train)
+    w = w64.to(dtype).requires_grad_(train)
+    b = b64.to(dtype).requires_grad_(train) if bias else None
     y = depthwise_conv2d(x, w, b)
-    assert calls[0].is_contiguous(memory_format=torch.channels_last) == converts  # what F.conv2d was given
-    assert y.is_contiguous() and y.dtype == torch.float32
-    ref = real(x64.requires_grad_(train), w64.requires_grad_(train), b64.requires_grad_(train), padding=k // 2,
-               groups=shape[1])
-    assert rel_err(y, ref) <= 1e-5
+    assert all(c.is_contiguous(memory_format=torch.channels_last) for c in calls) == (fast or cl)
+    assert y.is_contiguous(memory_format=mf) and y.dtype == dtype
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    inputs = [t.requires_grad_(train) for t in (x64, w64, b64) if t is not None]
+    ref = real(x64, w64, b64, padding=k // 2, groups=shape[1])
+    assert rel_err(y.double(), ref) <= tol
     if train:
         dy = torch.randn(y.shape, generator=g, dtype=torch.float64)
-        grads = torch.autograd.grad(y, (x, w, b), dy.float())
-        refs = torch.autograd.grad(ref, (x64, w64, b64), dy)
-        assert max(rel_err(a, r) for a, r in zip(grads, refs)) <= 1e-5
+        grads = torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], dy.to(dtype))
+        refs = torch.autograd.grad(ref, inputs, dy)
+        for got, want in zip(grads, refs):
+            assert got.dtype == dtype and rel_err(got.double(), want) <= tol
+        assert grads[0].is_contiguous(memory_format=mf)
 
 
 def test_auto_on_cpu_keeps_channels_last_and_float64_inputs(monkeypatch):

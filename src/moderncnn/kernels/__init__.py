@@ -9,9 +9,9 @@ padding, odd kernel. Implementations:
   wrapped in a full ``torch.autograd.Function``.
 * ``"auto"``   -- the module default (see :func:`set_default_impl`); its own default policy picks, per
   device, layout, dtype, kernel size and whether a backward pass follows, whichever was measured
-  fastest: on an H100 our kernels or PyTorch's (table ``_TRITON_MIN_K``); on the CPU always
-  ``F.conv2d``, but on a channels_last copy of an NCHW input where PyTorch's NCHW kernel is slow
-  (:func:`_cpu_prefers_channels_last`), the result converted back. Meta tensors use ``F.conv2d``.
+  fastest: on an H100 our kernels or PyTorch's (table ``_TRITON_MIN_K``); on the CPU PyTorch's
+  kernel, for large kernels (:func:`_cpu_onednn_path`) only its fast channels_last forward, which
+  also yields the gradients (``_dwconv_cpu.py``). Meta tensors use ``F.conv2d``.
 
 Triton is imported only when the Triton path is first used, so ``import moderncnn`` never needs it.
 """
@@ -47,12 +47,14 @@ _TORCH_NCHW_INFERENCE_MAX_HW = 64
 # On maps up to 14² the fixed costs of our three launches dominate at k=7: Triton from k=13 only.
 _SMALL_MAP_HW, _SMALL_MAP_MIN_K = 196, 13
 
-# CPU, F.conv2d on NCHW float32/bfloat16 input (torch 2.14, oneDNN, 2-core x86; benchmarks/cpu_dwconv.py):
-# from k=15 on the forward leaves oneDNN for a kernel 15-40x slower than oneDNN's channels_last path; the
-# backward is slow in both layouts (no loss from the copy). Below k=15, and for float64/float16 (where
-# oneDNN's channels_last path is the slow one), the input layout is kept.
-_CPU_CL_MIN_K = 15
-_CPU_CL_DTYPES = (torch.float32, torch.bfloat16)
+# CPU, float32/bfloat16 (torch 2.14, oneDNN, 2-core x86; benchmarks/cpu_dwconv.py): PyTorch's NCHW
+# forward from k=15 on, and its weight gradient in either layout from k=5 on, leave oneDNN for loops
+# 2-40x slower than oneDNN's channels_last forward; ``_dwconv_cpu`` then computes output and gradients
+# with that forward alone (1.6-3.3x faster forward+backward at k=5-13, 9-13x at k=15-31). Below those
+# sizes, and for float64/float16 (where oneDNN's channels_last path is the slow one), F.conv2d runs on
+# the input as given.
+_CPU_MIN_K, _CPU_MIN_K_TRAIN = 15, 5
+_CPU_FAST_DTYPES = (torch.float32, torch.bfloat16)
 
 _default_impl = os.environ.get("MODERNCNN_DWCONV_IMPL", "auto")
 
@@ -133,13 +135,12 @@ def _auto_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return "triton" if k >= min_k else "torch"
 
 
-def _cpu_prefers_channels_last(x: torch.Tensor, k: int) -> bool:
-    """Whether ``F.conv2d`` on the CPU is faster on a channels_last copy of this NCHW input (see above)."""
-    if x.device.type != "cpu" or x.dtype not in _CPU_CL_DTYPES or torch.is_autocast_enabled("cpu"):
-        return False
-    if not x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):  # CL already, or C/HW = 1
-        return False
-    return k >= _CPU_CL_MIN_K
+def _cpu_onednn_path(x: torch.Tensor, k: int, train: bool) -> bool:
+    """Whether this CPU call goes through oneDNN's channels_last forward (see above)."""
+    return (
+        x.device.type == "cpu" and x.dtype in _CPU_FAST_DTYPES and not torch.is_autocast_enabled("cpu")
+        and k >= (_CPU_MIN_K_TRAIN if train else _CPU_MIN_K)
+    )
 
 
 def depthwise_conv2d(
@@ -167,10 +168,14 @@ def depthwise_conv2d(
         impl = "torch"
     if impl == "auto":
         impl = _auto_impl(x, weight, bias, k)
-        if impl == "torch" and _cpu_prefers_channels_last(x, k):
-            y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias, padding=k // 2,
-                         groups=x.shape[1])
-            return y.contiguous()
+        train = _needs_backward(x, weight, bias)
+        if impl == "torch" and _cpu_onednn_path(x, k, train):
+            from ._dwconv_cpu import DepthwiseConv2dCPU, same_dwconv
+
+            if train:
+                return DepthwiseConv2dCPU.apply(x, weight, bias)
+            y = same_dwconv(x, weight, bias)  # channels_last out
+            return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()
     if impl == "torch":
         return F.conv2d(x, weight, bias, stride=1, padding=k // 2, groups=x.shape[1])
 
