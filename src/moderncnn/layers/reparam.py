@@ -44,6 +44,18 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
+@torch.no_grad()
+def merged_conv(block: nn.Module, make_conv) -> nn.Conv2d:
+    """The single conv a multi-branch block merges into (eval mode): ``make_conv(device=, dtype=)`` loaded
+    with ``block.equivalent_kernel_bias()``. RepVGG and RepLKNet blocks build their deploy form with it."""
+    check_eval(block)
+    kernel, bias = block.equivalent_kernel_bias()
+    conv = make_conv(device=kernel.device, dtype=kernel.dtype)
+    conv.weight.copy_(kernel)
+    conv.bias.copy_(bias)
+    return conv
+
+
 def pad_kernel_to(kernel: torch.Tensor, size: int) -> torch.Tensor:
     """Zero-pad a (odd, square) kernel symmetrically to ``size``×``size`` so the centres align."""
     k = kernel.shape[-1]

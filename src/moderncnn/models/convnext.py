@@ -89,8 +89,6 @@ class ConvNeXtStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-
-
 class ConvNeXt(ModelBase):
     family = "convnext"
 

@@ -201,8 +201,6 @@ def block_drop_path_rates(rate: float, n: int) -> list[float]:
     return [rate * i / n for i in range(n)]
 
 
-
-
 class EfficientNetV2(ModelBase):
     """Stem (3×3 s2 conv-BN-SiLU) -> stages -> neck (1×1 conv to 1280·w, BN, SiLU) -> pool, dropout, FC."""
 

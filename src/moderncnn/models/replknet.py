@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from .. import kernels
 from ..errors import ConfigError
 from ..layers import ClassifierHead, ConvBN, ConvBNAct, DropPath, drop_path_rates, pad_kernel_to
-from ..layers.reparam import check_eval, fuse_conv_bn_tensors
+from ..layers.reparam import fuse_conv_bn_tensors, merged_conv
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
 
@@ -113,12 +113,15 @@ class ReparamLargeKernelConv(nn.Module):
         if deploy:
             self.large_conv = None
             self.small_conv = None
-            self.reparam_conv = LargeKernelDepthwiseConv(channels, kernel_size, bias=True)
+            self.reparam_conv = self._fused_conv()
         else:
             self.large_conv = LargeKernelConvBN(channels, kernel_size)
             # the small branch may be an ordinary conv: it is cheap and disappears after the merge
             self.small_conv = ConvBN(channels, channels, small_kernel, groups=channels) if small_kernel else None
             self.reparam_conv = None
+
+    def _fused_conv(self, **factory) -> LargeKernelDepthwiseConv:
+        return LargeKernelDepthwiseConv(self.channels, self.kernel_size, bias=True, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reparam_conv is not None:
@@ -139,19 +142,11 @@ class ReparamLargeKernelConv(nn.Module):
             bias = bias + small_bias
         return kernel, bias
 
-    @torch.no_grad()
     def reparameterize(self) -> None:
         """Replace the branches by one K×K depthwise conv with bias (eval mode; a second call is a no-op)."""
         if self.reparam_conv is not None:
             return
-        check_eval(self)
-        kernel, bias = self.equivalent_kernel_bias()
-        conv = LargeKernelDepthwiseConv(
-            self.channels, self.kernel_size, bias=True, device=kernel.device, dtype=kernel.dtype
-        )
-        conv.weight.copy_(kernel)
-        conv.bias.copy_(bias)
-        self.reparam_conv = conv
+        self.reparam_conv = merged_conv(self, self._fused_conv)
         self.large_conv = None
         self.small_conv = None
 
@@ -230,8 +225,6 @@ class RepLKNetStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.downsample(x))
-
-
 
 
 def _check_config(cfg: RepLKNetConfig) -> None:

@@ -36,7 +36,7 @@ from ..layers import (
     identity_kernel,
     pad_kernel_to,
 )
-from ..layers.reparam import check_eval
+from ..layers.reparam import merged_conv
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
 
@@ -162,25 +162,17 @@ class RepVGGBlock(nn.Module):
             kernel, bias = kernel + ki, bias + bi
         return kernel, bias
 
-    @torch.no_grad()
     def reparameterize(self) -> None:
         """Replace the branches by ``self.reparam_conv`` (eval mode only; a second call does nothing)."""
         if self.reparam_conv is not None:
             return
-        check_eval(self)
-        kernel, bias = self.equivalent_kernel_bias()
-        conv = self._fused_conv(device=kernel.device, dtype=kernel.dtype)
-        conv.weight.copy_(kernel)
-        conv.bias.copy_(bias)
-        self.reparam_conv = conv
+        self.reparam_conv = merged_conv(self, self._fused_conv)
         self.conv_3x3 = self.conv_1x1 = self.identity = None
         self.drop_path = nn.Identity()  # nothing left to drop: the block is a plain conv now
 
     def extra_repr(self) -> str:
         form = "deploy" if self.reparam_conv is not None else "train"
         return f"{self.in_chs}, {self.out_chs}, stride={self.stride}, groups={self.groups}, form={form}"
-
-
 
 
 class RepVGG(ModelBase):
