@@ -138,7 +138,7 @@ def _auto_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 def _cpu_onednn_path(x: torch.Tensor, k: int, train: bool) -> bool:
     """Whether this CPU call goes through oneDNN's channels_last forward (see above)."""
     return (
-        x.device.type == "cpu" and x.dtype in _CPU_FAST_DTYPES and not torch.is_autocast_enabled("cpu")
+        x.dtype in _CPU_FAST_DTYPES and not torch.is_autocast_enabled("cpu")
         and k >= (_CPU_MIN_K_TRAIN if train else _CPU_MIN_K)
     )
 
@@ -168,14 +168,12 @@ def depthwise_conv2d(
         impl = "torch"
     if impl == "auto":
         impl = _auto_impl(x, weight, bias, k)
-        train = _needs_backward(x, weight, bias)
-        if impl == "torch" and _cpu_onednn_path(x, k, train):
-            from ._dwconv_cpu import DepthwiseConv2dCPU, same_dwconv
+        if x.device.type == "cpu":
+            train = _needs_backward(x, weight, bias)
+            if _cpu_onednn_path(x, k, train):
+                from ._dwconv_cpu import DepthwiseConv2dCPU, same_dwconv
 
-            if train:
-                return DepthwiseConv2dCPU.apply(x, weight, bias)
-            y = same_dwconv(x, weight, bias)  # channels_last out
-            return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()
+                return DepthwiseConv2dCPU.apply(x, weight, bias) if train else same_dwconv(x, weight, bias)
     if impl == "torch":
         return F.conv2d(x, weight, bias, stride=1, padding=k // 2, groups=x.shape[1])
 

@@ -24,9 +24,15 @@ from torch.autograd.function import once_differentiable
 _CL = torch.channels_last
 
 
-def same_dwconv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """Stride-1 'same' depthwise conv of ``x`` in channels_last (oneDNN's fast path)."""
-    return F.conv2d(x.contiguous(memory_format=_CL), w, b, padding=w.shape[-1] // 2, groups=x.shape[1])
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return _CL if x.is_contiguous(memory_format=_CL) and not x.is_contiguous() else torch.contiguous_format
+
+
+def same_dwconv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, like: torch.Tensor | None = None):
+    """Stride-1 'same' depthwise conv of ``x`` run in channels_last (oneDNN's fast path), returned in the
+    memory format of ``like`` (default: ``x``)."""
+    y = F.conv2d(x.contiguous(memory_format=_CL), w, b, padding=w.shape[-1] // 2, groups=x.shape[1])
+    return y.contiguous(memory_format=_layout(x if like is None else like))
 
 
 class DepthwiseConv2dCPU(torch.autograd.Function):
@@ -36,9 +42,7 @@ class DepthwiseConv2dCPU(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        ctx.memory_format = _CL if x.is_contiguous(memory_format=_CL) and not x.is_contiguous() else None
-        y = same_dwconv(x, weight, bias)
-        return y if ctx.memory_format is _CL else y.contiguous()
+        return same_dwconv(x, weight, bias)
 
     @staticmethod
     @once_differentiable
@@ -46,10 +50,9 @@ class DepthwiseConv2dCPU(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         N, C, H, W = x.shape
         k, p = weight.shape[-1], weight.shape[-1] // 2
-        fmt = ctx.memory_format or torch.contiguous_format
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = same_dwconv(grad_out, weight.flip(-1, -2), None).contiguous(memory_format=fmt)
+            grad_x = same_dwconv(grad_out, weight.flip(-1, -2), None, like=x)
         if ctx.needs_input_grad[1]:
             xp = F.pad(x, (p, p, p, p)).reshape(1, N * C, H + 2 * p, W + 2 * p).contiguous(memory_format=_CL)
             dy = grad_out.reshape(N * C, 1, H, W).contiguous()

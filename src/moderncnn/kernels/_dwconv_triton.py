@@ -329,7 +329,3 @@ class DepthwiseConv2dTriton(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = dy.sum(dim=(0, 2, 3), dtype=torch.float32).to(ctx.bias_dtype)
         return grad_x, grad_w, grad_b
-
-
-def depthwise_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return DepthwiseConv2dTriton.apply(x, weight, bias)
