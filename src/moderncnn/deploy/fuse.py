@@ -293,10 +293,9 @@ def _scale_output_channels(m: nn.Module, gamma: torch.Tensor) -> bool:
         return False
     if norm and w.ndim != 1:  # a LayerNorm over more than the channel dimension
         return False
-    with torch.no_grad():
-        m.weight = nn.Parameter(w * gamma.reshape(-1, *([1] * (w.ndim - 1))))
-        if b is not None:
-            m.bias = nn.Parameter(b * gamma)
+    m.weight = nn.Parameter(w * gamma.reshape(-1, *([1] * (w.ndim - 1))))
+    if b is not None:
+        m.bias = nn.Parameter(b * gamma)
     return True
 
 

@@ -4,7 +4,7 @@ A checkpoint ``TAG`` (``last`` or ``best``) in a run folder is three files:
 
 * ``TAG.safetensors``      the model weights (plain keys, loadable with ``moderncnn.load_weights``),
 * ``TAG_ema.safetensors``  the EMA weights, when the run keeps an EMA,
-* ``TAG.state.pt``         optimizer state, epoch/step counters, best metric, RNG states (torch, numpy,
+* ``TAG.state.pt``         optimizer state, epoch/step counters, best metric, every process's RNG states (torch, numpy,
                            python, cuda) and the resolved config, saved with ``torch.save`` and read
                            back with ``weights_only=True``: no pickled code is ever executed
                            (ecosystem.md §5, "Checkpoint security").

@@ -409,7 +409,6 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "optimizer": self.optimizer.state_dict(),
-            "rng": rng_ranks[0],
             "rng_ranks": rng_ranks,  # every process's RNG (dropout and drop-path masks differ per rank)
             "epoch_loss": list(self.epoch_loss),
             "best_top1": self.best_top1,
@@ -452,7 +451,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = st["epoch"], st["step_in_epoch"], st["global_step"]
         self.best_top1, self.best_epoch = st.get("best_top1"), st.get("best_epoch")
         self.epoch_loss = tuple(st.get("epoch_loss", (0.0, 0)))
-        ranks = st.get("rng_ranks") or [st["rng"]]
+        ranks = st["rng_ranks"] if "rng_ranks" in st else [st["rng"]]  # "rng": rank 0 only, older checkpoints
         self._resume_rng = ranks[self.dist.rank] if self.dist.rank < len(ranks) else None
         if len(ranks) != self.dist.world_size:
             self.log(f"note: {ck.path} was written by {len(ranks)} process(es), this run has "
