@@ -77,6 +77,11 @@ def _runner(model, name, impl, form, mode, dev, batch, compile=False) -> Runner:
                        precision="bf16", channels_last=True, compile=compile, complexity=False)
 
 
+def _throughput(runners: list[Runner], dev, batch: int, timing: dict) -> list[float]:
+    """Images per second of each runner, timed in alternating rounds."""
+    return [batch / s for s in time_interleaved(runners, dev, **timing)]
+
+
 def _free() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -131,8 +136,7 @@ def main() -> int:
                 _runner(build_ours(name, "train"), name, "moderncnn", "train", "infer", dev, args.batch),
                 _runner(build_timm(name, "deploy"), name, "timm", "deploy", "infer", dev, args.batch),
             ]
-            secs = time_interleaved(runners, dev, **timing)
-            ips = [args.batch / s for s in secs]
+            ips = _throughput(runners, dev, args.batch, timing)
             rep.add("eager", name, "fused (deploy)", "timm eager, deploy form", args.batch, ips[0], ips[2], 1.0)
             rep.add("eager", name, "train form", "timm eager, deploy form", args.batch, ips[1], ips[2], None)
             del runners
@@ -146,8 +150,7 @@ def main() -> int:
                 _runner(build_ours(name, "train"), name, "moderncnn", "train", "train", dev, args.train_batch),
                 _runner(build_timm(name, "train"), name, "timm", "train", "train", dev, args.train_batch),
             ]
-            secs = time_interleaved(runners, dev, **timing)
-            ips = [args.train_batch / s for s in secs]
+            ips = _throughput(runners, dev, args.train_batch, timing)
             rep.add("train", name, "train form", "timm", args.train_batch, ips[0], ips[1], 1.0)
             mem = [r.peak_mem_mb for r in runners]
             if None not in mem:
@@ -164,8 +167,7 @@ def main() -> int:
                 _runner(build_timm(name, "deploy"), name, "timm", "deploy", "infer", dev, args.batch),
                 _runner(build_timm(name, "deploy"), name, "timm", "deploy", "infer", dev, args.batch, True),
             ]
-            secs = time_interleaved(runners, dev, **timing)
-            ips = [args.batch / s for s in secs]
+            ips = _throughput(runners, dev, args.batch, timing)
             rep.add("compiled", name, "fused + compile", "timm eager", args.batch, ips[0], ips[1],
                     TARGET_COMPILED.get(name))
             rep.add("compiled", name, "fused + compile", "timm compiled", args.batch, ips[0], ips[2], None)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,24 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from moderncnn import create_model, fuse, kernels
+from moderncnn.deploy.bench import time_rotating
 from moderncnn.kernels import depthwise_conv2d
 
 OPS = [(128, 56, 31), (128, 56, 15), (128, 56, 13), (128, 56, 5), (256, 28, 29), (512, 14, 27), (512, 14, 5),
        (1024, 7, 13)]
-
-
-def interleaved(fns: dict, rounds: int) -> dict[str, float]:
-    """Median ms of each callable, called in rotating order, ``rounds`` times after one warm-up call."""
-    keys = list(fns)
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in keys}
-    for i in range(rounds):
-        for k in keys[i % len(keys):] + keys[: i % len(keys)]:
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def time_op(C: int, H: int, k: int, rounds: int) -> dict[str, float]:
@@ -64,7 +50,7 @@ def time_op(C: int, H: int, k: int, rounds: int) -> dict[str, float]:
         y = depthwise_conv2d(xg, wg, bg, impl=impl)
         torch.autograd.grad(y, (xg, wg, bg), torch.ones_like(y))
 
-    return interleaved({"tf": lambda: fwd("torch"), "af": lambda: fwd("auto"),
+    return time_rotating({"tf": lambda: fwd("torch"), "af": lambda: fwd("auto"),
                         "tb": lambda: fwdbwd("torch"), "ab": lambda: fwdbwd("auto")}, rounds)
 
 
@@ -106,7 +92,7 @@ def model_rows(rounds: int, smoke: bool) -> list[str]:
 
     old = kernels.get_default_impl()
     try:
-        r = interleaved({f"{name} {impl}": timed(fn, impl) for name, fn in
+        r = time_rotating({f"{name} {impl}": timed(fn, impl) for name, fn in
                          (("train", lambda: infer(model)), ("fused", lambda: infer(fused)), ("step", step))
                          for impl in ("torch", "auto")}, rounds)
     finally:

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from moderncnn.deploy.bench import build_ours, build_timm
+from moderncnn.deploy.bench import build_ours, build_timm, time_rotating
 from moderncnn.registry import list_models
 
 
@@ -48,21 +48,9 @@ def measure(name: str, size: int, rounds: int, warmup: int, calls: int) -> dict[
         "timm fused": build_timm(name, "deploy"),
     }
     x = torch.randn(1, 3, size, size)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    keys = list(models)
     with torch.inference_mode():
-        for _ in range(warmup):
-            for m in models.values():
-                m(x)
-        for i in range(rounds):
-            order = keys[i % len(keys):] + keys[: i % len(keys)]  # rotate who goes first
-            for k in order:
-                models[k](x)
-                for _ in range(calls):
-                    t = time.perf_counter()
-                    models[k](x)
-                    times[k].append((time.perf_counter() - t) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+        return time_rotating({k: partial(m, x) for k, m in models.items()}, rounds, warmup=warmup, calls=calls,
+                             rewarm=True)
 
 
 def main() -> int:

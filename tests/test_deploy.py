@@ -21,7 +21,7 @@ from moderncnn import create_model, list_models
 from moderncnn.analysis.complexity import build_meta, count_params
 from moderncnn.cli import main
 from moderncnn.deploy import count_batchnorms, export_model, fuse, load_exported
-from moderncnn.deploy.bench import benchmark, write_results
+from moderncnn.deploy.bench import benchmark, time_rotating, write_results
 from moderncnn.deploy.export import validate
 from moderncnn.errors import InputShapeError
 from moderncnn.registry import get_entry
@@ -331,6 +331,17 @@ def test_bench_writes_csv_and_json(tmp_path):
         assert float(row["gmacs"]) == pytest.approx(rec["gmacs"]) and rec["gmacs"] > 0
     ours, theirs = data["results"][0], data["results"][1]
     assert ours["vs_timm"] == pytest.approx(ours["img_per_s"] / theirs["img_per_s"])
+
+
+def test_time_rotating_calls_and_order():
+    log = []
+    fns = {k: (lambda k=k: log.append(k)) for k in "abc"}
+    ms = time_rotating(fns, 3, warmup=2, calls=2, rewarm=True)
+    assert set(ms) == set("abc") and all(v >= 0 for v in ms.values())
+    assert log[:6] == list("abcabc")  # warm-up
+    rounds = log[6:]
+    assert len(rounds) == 3 * 3 * (1 + 2)  # rounds × functions × (rewarm + timed calls)
+    assert rounds[0::3] == list("abc" "bca" "cab")  # who goes first rotates
 
 
 def test_cli_bench_cpu_and_absent_cuda(tmp_path, capsys):

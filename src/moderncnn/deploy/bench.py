@@ -202,6 +202,31 @@ def time_interleaved(
     return [statistics.median(s) for s in samples]
 
 
+def time_rotating(
+    fns: dict[str, Callable[[], object]], rounds: int, *, warmup: int = 1, calls: int = 1, rewarm: bool = False
+) -> dict[str, float]:
+    """Median milliseconds per call of each function (CPU wall clock), in rounds that rotate who goes first.
+
+    After ``warmup`` untimed calls each, every round gives each function ``calls`` timed calls, preceded,
+    with ``rewarm``, by one untimed call that brings its data back into the caches the others used.
+    Drift and load from other processes hit all functions alike.
+    """
+    keys = list(fns)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    for i in range(rounds):
+        for k in keys[i % len(keys):] + keys[: i % len(keys)]:
+            if rewarm:
+                fns[k]()
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                fns[k]()
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def _combos(mode: str, form: str) -> Iterator[tuple[str, str]]:
     modes = ("infer", "train") if mode == "both" else (mode,)
     forms = ("train", "deploy") if form == "both" else (form,)
@@ -328,6 +353,7 @@ def environment() -> dict[str, Any]:
 
 __all__ = [
     "BenchResult",
+    "time_rotating",
     "benchmark",
     "check_device",
     "environment",
