@@ -5,6 +5,7 @@ from .conv_bn import ConvBN, ConvBNAct
 from .drop import DropPath, drop_path
 from .helpers import drop_path_rates, make_divisible
 from .norm import LayerNorm2d
+from .squeeze_excite import SqueezeExcite
 from .reparam import (
     fuse_conv_bn,
     fuse_conv_bn_tensors,
@@ -27,4 +28,5 @@ __all__ = [
     "identity_kernel",
     "pad_kernel_to",
     "reparameterize_model",
+    "SqueezeExcite",
 ]

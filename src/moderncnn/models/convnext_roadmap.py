@@ -226,4 +226,4 @@ def _ladder() -> dict[str, ConvNeXtRoadmapConfig]:
 
 ROADMAP = _ladder()
 for _step, _c in ROADMAP.items():
-    register_model(f"convnext_roadmap_{_step}", ConvNeXtRoadmap, _c, family="convnext_roadmap")
+    register_model(f"convnext_roadmap_{_step}", ConvNeXtRoadmap, _c)

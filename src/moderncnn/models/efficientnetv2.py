@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..layers import ClassifierHead, ConvBNAct, DropPath, make_divisible
+from ..layers import ClassifierHead, ConvBNAct, DropPath, SqueezeExcite, make_divisible
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
 
@@ -116,26 +116,10 @@ def conv_bn(
 # -- blocks (§3.2, Figure 2) -------------------------------------------------------------------------
 
 
-class SqueezeExcite(nn.Module):
-    """Squeeze-excite: mean -> 1×1 (C -> r, bias) -> SiLU -> 1×1 (r -> C, bias) -> sigmoid -> scale.
-
-    ``rd_chs`` is computed by the caller from the block *input* width (official ``effnetv2_model.py``:
-    ``max(1, int(input_filters * se_ratio))``), not from the expanded width it acts on.
-    """
-
-    def __init__(self, chs: int, rd_chs: int) -> None:
-        super().__init__()
-        self.reduce = nn.Conv2d(chs, rd_chs, 1)
-        self.act = nn.SiLU()
-        self.expand = nn.Conv2d(rd_chs, chs, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.expand(self.act(self.reduce(x.mean((2, 3), keepdim=True))))
-        return x * s.sigmoid()
-
-
 def _se(in_chs: int, mid_chs: int, se_ratio: float) -> nn.Module:
-    return SqueezeExcite(mid_chs, max(1, int(in_chs * se_ratio))) if se_ratio > 0 else nn.Identity()
+    # the reduced width comes from the block *input* width (official effnetv2_model.py:
+    # max(1, int(input_filters * se_ratio))), not from the expanded width it acts on
+    return SqueezeExcite(mid_chs, max(1, int(in_chs * se_ratio)), nn.SiLU) if se_ratio > 0 else nn.Identity()
 
 
 class _Residual(nn.Module):
@@ -318,5 +302,5 @@ for _size, (_stages, _stem, _w, _d, _drop, _train, _eval) in _VARIANTS.items():
                                     drop_rate=_drop, padding=_padding)
         _in_timm = _padding == "same" or _size in ("s", "m", "l", "xl")  # timm lacks efficientnetv2_b*
         _input = _TIMM_PYTORCH_TRAIN_SIZE.get(_size, _train) if _padding == "pytorch" else _train
-        register_model(_prefix + _size, EfficientNetV2, _cfg, family="efficientnetv2",
+        register_model(_prefix + _size, EfficientNetV2, _cfg,
                        input_size=_input, test_input_size=_eval, in_timm=_in_timm)

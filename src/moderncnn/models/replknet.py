@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .. import kernels
 from ..errors import ConfigError
@@ -269,15 +268,6 @@ class RepLKNet(ModelBase):
         head_norm = nn.BatchNorm2d(self.num_features)
         self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate, head_norm, norm_before_pool=True)
 
-    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        # checkpoint block by block: a 31×31 stage keeps little memory, and recomputing one block is cheap
-        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-            x = stage.downsample(x)
-            for block in stage.blocks:
-                x = checkpoint(block, x, use_reentrant=False)
-            return x
-        return stage(x)
-
     def forward_intermediates(self, x: torch.Tensor, indices: tuple[int, ...] | None = None) -> list[torch.Tensor]:
         feats = super().forward_intermediates(x, indices)
         if self.feature_norms is None:
@@ -301,4 +291,4 @@ _VARIANTS = {
     "replknet_xl": (_cfg((27, 27, 27, 13), (256, 512, 1024, 2048), small_kernel=None, dw_ratio=1.5), 320),
 }
 for _name, (_c, _size) in _VARIANTS.items():
-    register_model(_name, RepLKNet, _c, family="replknet", input_size=_size)
+    register_model(_name, RepLKNet, _c, input_size=_size)
