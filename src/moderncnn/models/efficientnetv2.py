@@ -52,8 +52,16 @@ class EfficientNetV2Config(ModelConfig):
     padding: Literal["same", "pytorch"] = "pytorch"
     drop_rate: float = 0.2
     drop_path_rate: float = 0.2  # official survival_prob 0.8
+    # ablation switch (§3.2, the table on Fused-MBConv placement): the first ``fused_stages`` stages use
+    # Fused-MBConv, the rest MBConv, each keeping its row's expansion, kernel and SE. None: the variant's
+    # table (Fused-MBConv in the first three stages); 0: MBConv everywhere; len(stages): Fused everywhere
+    fused_stages: int | None = None
 
     def __post_init__(self) -> None:
+        if self.fused_stages is not None and not 0 <= self.fused_stages <= len(self.stages):
+            raise ConfigError(
+                f"fused_stages must be None (the variant's table) or 0..{len(self.stages)}, got {self.fused_stages}"
+            )
         if self.padding not in ("same", "pytorch"):
             raise ConfigError(
                 f"padding must be 'same' (TensorFlow, as the official weights) or 'pytorch' (k//2), "
@@ -62,6 +70,14 @@ class EfficientNetV2Config(ModelConfig):
         for s in self.stages:
             if s.block not in ("fused", "mbconv"):
                 raise ConfigError(f"stage block type must be 'fused' or 'mbconv', got {s.block!r} in {s}")
+
+    def stage_rows(self) -> tuple[Stage, ...]:
+        """The stage table with ``fused_stages`` applied."""
+        if self.fused_stages is None:
+            return self.stages
+        return tuple(
+            s._replace(block=FUSED if i < self.fused_stages else MBCONV) for i, s in enumerate(self.stages)
+        )
 
     def round_filters(self, filters: int) -> int:
         """Width scaling (official ``round_filters``): nearest multiple of 8, with no 90% correction."""
@@ -195,11 +211,12 @@ class EfficientNetV2(ModelBase):
         super().__init__(cfg)
         stem_chs = cfg.round_filters(cfg.stem_chs)
         self.stem = conv_bn(cfg, cfg.in_chans, stem_chs, 3, 2)
-        repeats = [cfg.round_repeats(s.repeats) for s in cfg.stages]
+        rows = cfg.stage_rows()
+        repeats = [cfg.round_repeats(s.repeats) for s in rows]
         dpr = block_drop_path_rates(cfg.drop_path_rate, sum(repeats))
         stages, self.feature_info = [], []
         in_chs, reduction, idx = stem_chs, 2, 0
-        for i, (s, n) in enumerate(zip(cfg.stages, repeats)):
+        for i, (s, n) in enumerate(zip(rows, repeats)):
             out_chs = cfg.round_filters(s.channels)
             blocks = []
             for j in range(n):
