@@ -90,7 +90,7 @@ def _may_write_in_place(x: torch.Tensor, y: torch.Tensor) -> bool:
         return False
     return not (
         torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
     )
 
 
