@@ -192,7 +192,8 @@ def test_partial_shortcut_pure_under_export():
 
 # -- EfficientNetV2: which stages use Fused-MBConv (§3.2) --------------------------------------------
 def test_fused_stages_switch():
-    for fused, expect in ((None, [True] * 3 + [False] * 3), (0, [False] * 6), (6, [True] * 6), (2, [True] * 2 + [False] * 4)):
+    cases = ((None, [True] * 3 + [False] * 3), (0, [False] * 6), (6, [True] * 6), (2, [True] * 2 + [False] * 4))
+    for fused, expect in cases:
         m = build_meta("efficientnetv2_b0", fused_stages=fused)
         kinds = [all(isinstance(b, FusedMBConv) for b in st) for st in m.stages]
         assert kinds == expect

@@ -82,10 +82,10 @@ def test_erf_restores_mode_and_validates():
 
 def test_erf_command(tmp_path, capsys):
     pytest.importorskip("matplotlib")
+    from pathlib import Path
+
     from moderncnn.cli import main
     from moderncnn.data.datasets import FASHION_MNIST_DIR
-
-    from pathlib import Path
 
     if not Path(FASHION_MNIST_DIR).is_dir():
         pytest.skip(f"Fashion-MNIST not installed at {FASHION_MNIST_DIR}")
@@ -96,7 +96,8 @@ def test_erf_command(tmp_path, capsys):
     assert out.stat().st_size > 1000
     rows = json.loads(out.with_suffix(".json").read_text())
     assert set(rows) == {"mobilenetv2_050", "convnext_atto"}
-    assert rows["convnext_atto"]["images"] == 2 and set(rows["convnext_atto"]["area_ratio"]) == {"0.2", "0.3", "0.5", "0.99"}
+    assert rows["convnext_atto"]["images"] == 2
+    assert set(rows["convnext_atto"]["area_ratio"]) == {"0.2", "0.3", "0.5", "0.99"}
     csv_lines = out.with_suffix(".csv").read_text().splitlines()
     assert csv_lines[0].startswith("model,images,size,ratio@0.2") and len(csv_lines) == 3
     assert "ratio@0.2" in capsys.readouterr().out

@@ -1,12 +1,12 @@
-"""Effective receptive field (ERF), measured as RepLKNet does (Ding et al., CVPR 2022, §5.2, Figure 1 and
-Table 6; following Luo et al., NeurIPS 2016).
+"""Effective receptive field (ERF), measured as RepLKNet does (Ding et al., CVPR 2022, §5: the ERF figure
+and the area-ratio table; following Luo et al., NeurIPS 2016).
 
 For every image, take the last feature map of the network, sum the channels of its central point, and
 back-propagate that scalar to the input. The absolute input gradient, summed over the input channels
 and averaged over the images, is the ERF map: how much each input pixel moves the centre output.
 
 The *high-contribution area ratio* at a threshold t is the area of the smallest centred square that holds
-at least t of the map's total, divided by the image area (RepLKNet's Table 6 reports t = 20%, 30%, 50%,
+at least t of the map's total, divided by the image area (RepLKNet's table reports t = 20%, 30%, 50%,
 99%). As in RepLKNet's analysis, the ratio is computed on the log-scaled map ``log10(1 + ERF)``, which
 is also what the figures show: raw scores span orders of magnitude and the centre would hide the rest.
 """

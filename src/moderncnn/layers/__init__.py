@@ -5,7 +5,6 @@ from .conv_bn import ConvBN, ConvBNAct
 from .drop import DropPath, drop_path
 from .helpers import drop_path_rates, make_divisible
 from .norm import LayerNorm2d
-from .squeeze_excite import SqueezeExcite
 from .reparam import (
     fuse_conv_bn,
     fuse_conv_bn_tensors,
@@ -13,6 +12,7 @@ from .reparam import (
     pad_kernel_to,
     reparameterize_model,
 )
+from .squeeze_excite import SqueezeExcite
 
 __all__ = [
     "ClassifierHead",

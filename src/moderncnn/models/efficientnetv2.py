@@ -143,7 +143,8 @@ class _Residual(nn.Module):
 
     def _init_residual(self, in_chs: int, out_chs: int, stride: int, drop_path: float) -> None:
         self.has_residual = stride == 1 and in_chs == out_chs
-        # no shortcut, nothing to drop: stochastic depth applies to residual blocks only (§2.4)
+        # no shortcut, nothing to drop: stochastic depth applies to residual blocks only (official code;
+        # docs/architectures.md, EfficientNetV2)
         self.drop_path = DropPath(drop_path) if self.has_residual and drop_path > 0 else nn.Identity()
 
     def _finish(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
@@ -299,7 +300,8 @@ _XL = (
     Stage(MBCONV, 6, 3, 1, 640,  8, 0.25),
 )
 
-# size: stages, stem, width, depth, dropout, train size (timm's input_size), eval size (§2.5)
+# size: stages, stem, width, depth, dropout, train size (timm's input_size), eval size
+# (official code; docs/architectures.md, EfficientNetV2)
 _VARIANTS = {
     "b0": (_BASE, 32, 1.0, 1.0, 0.2, 192, 224),
     "b1": (_BASE, 32, 1.0, 1.1, 0.2, 192, 240),

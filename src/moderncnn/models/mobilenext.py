@@ -2,7 +2,7 @@
 
 The sandglass block flips MobileNetV2's inverted residual: the shortcut joins the *wide* tensors and the
 bottleneck sits in the middle, with depthwise convs at both wide ends (paper §3.2, Fig. 3). This file
-follows the official ``mnext.py`` layer for layer (architectures.md §1), including its four block code
+follows the official ``mnext.py`` layer for layer (docs/architectures.md, MobileNeXt), including its four block code
 paths, the ``oup / 6`` floor on the hidden width, the stride in the last depthwise conv, and the partial
 shortcut of the identity tensor multiplier (§3.3). Official checkpoints load through
 ``moderncnn.interop.mobilenext``.
@@ -99,7 +99,7 @@ class SandglassBlock(nn.Module):
 
     ``dw1`` (DW 3×3, ReLU6) -> ``pw_reduce`` (1×1 to ``hidden``, linear) -> ``pw_expand`` (1×1 to
     ``oup``, ReLU6) -> ``dw2`` (DW 3×3 carrying the stride, linear) [-> + shortcut]. Which parts exist
-    (architectures.md §1.1):
+    (docs/architectures.md, "Sandglass block as the official code builds it"):
 
     1. ``t == 2`` (the first block): all four, no shortcut;
     2. ``inp != oup``, stride 1, not ``keep_3x3``: the two 1×1 convs only;

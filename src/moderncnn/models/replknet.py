@@ -1,8 +1,8 @@
 """RepLKNet: "Scaling Up Your Kernels to 31x31: Revisiting Large Kernel Design in CNNs" (Ding et al., CVPR 2022).
 
-The network (§4 of the paper; the layer list is in ``docs/architectures.md``): a four-layer stem (output stride 4), then four
-stages of [RepLK block, ConvFFN] pairs joined by transitions (1×1 conv, depthwise 3×3 stride 2), then
-BN -> global average pool -> Linear. The RepLK block's depthwise K×K convolution (K up to 31) is trained
+The network (§4 of the paper; the layer list is in ``docs/architectures.md``): a four-layer stem (output
+stride 4), then four stages of [RepLK block, ConvFFN] pairs joined by transitions (1×1 conv, depthwise 3×3
+stride 2), then BN -> global average pool -> Linear. The RepLK block's depthwise K×K convolution (K up to 31) is trained
 with a parallel small (5×5) depthwise kernel that is merged into it after training (structural
 re-parameterization, §3 guideline 2); :meth:`ReparamLargeKernelConv.reparameterize` does that merge.
 
@@ -36,7 +36,8 @@ from .base import ModelBase, ModelConfig
 
 @dataclass(frozen=True, kw_only=True)
 class RepLKNetConfig(ModelConfig):
-    """RepLKNet hyper-parameters, named as the official ``RepLKNet`` constructor (§4.2).
+    """RepLKNet hyper-parameters, named as the official ``RepLKNet`` constructor (paper §4;
+    ``docs/architectures.md``, RepLKNet).
 
     ``drop_path_rate`` defaults to 0.3, the official ``create_RepLKNet*`` factories' default; the paper's
     ImageNet-1K recipe trains 31B with 0.5 (``docs/architectures.md``, RepLKNet training).
@@ -290,7 +291,8 @@ _VARIANTS = {
     "replknet_31l": (_cfg((31, 29, 27, 13), (192, 384, 768, 1536)), 384),
     "replknet_xl": (_cfg((27, 27, 27, 13), (256, 512, 1024, 2048), small_kernel=None, dw_ratio=1.5), 320),
 }
-# the paper's kernel-size study (§5.1, Table 5): RepLKNet-31B widths and depths, kernels per stage varied.
+# the paper's kernel-size study (§4, the table varying the kernels per stage): RepLKNet-31B widths and
+# depths, kernels per stage varied.
 # 3-3-3-3 has no parallel small kernel (a 5×5 cannot be merged into a 3×3); the others train with 5×5.
 #   kernels per stage
 KERNEL_SIZE_STUDY = (

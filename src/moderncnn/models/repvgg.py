@@ -41,7 +41,6 @@ from ..layers.reparam import merged_conv
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
 
-
 BRANCHES = ("3x3", "1x1", "identity")
 
 
