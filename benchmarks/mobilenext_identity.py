@@ -8,8 +8,10 @@ the sandglass block adds into those channels in place. The ``cat`` rows force th
 autograd and export use: ``torch.cat`` of the added and the untouched channels) to show what the in-place
 add saves. Every variant is the same network with the same weights; the variants run in interleaved rounds
 that rotate who goes first (``moderncnn.deploy.bench.time_rotating``), after warm-up, and the median per
-call is reported with the ratio to α = 1 (> 1: faster than α = 1). The load average before and after is
-printed beside the numbers. Speed is measured here, never asserted in tests.
+call is reported with the ratio to α = 1 (> 1: faster than α = 1). A second table times the shortcut
+additions alone on the tensors of every shortcut block (taken from one forward pass), which is where α
+acts. The load average before and after is printed beside the numbers. Speed is measured here, never
+asserted in tests.
 """
 
 from __future__ import annotations
@@ -49,6 +51,38 @@ def _pure(fn):
     return call
 
 
+def shortcut_tensors(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(block input, block output before the shortcut) of every shortcut block, from one forward pass."""
+    pairs, inputs = [], {}
+    blocks = [b for b in model.modules() if isinstance(b, mobilenext.SandglassBlock) and b.has_shortcut]
+    handles = [b.register_forward_pre_hook(lambda m, a: inputs.__setitem__(m, a[0].clone())) for b in blocks]
+    handles += [b.dw2.register_forward_hook(lambda m, a, o, b=b: pairs.append((inputs[b], o.clone())))
+                for b in blocks]
+    with torch.inference_mode():
+        model(x)
+    for h in handles:
+        h.remove()
+    return pairs
+
+
+def shortcut_ops(pairs, ratio: float, form: str):
+    """The shortcut additions alone, over every shortcut block's tensors: ``form`` is "out" (y + x, the
+    pure full shortcut), "inplace" (add into the first k channels) or "cat" (the pure partial form)."""
+    work = [(x, y.clone(), mobilenext.identity_channels(y.shape[1], ratio)) for x, y in pairs]
+
+    def run():
+        with torch.inference_mode():
+            for x, y, k in work:
+                if form == "out":
+                    y + x
+                elif form == "inplace":
+                    y[:, :k] += x[:, :k]
+                else:
+                    torch.cat([y[:, :k] + x[:, :k], y[:, k:]], dim=1)
+
+    return run
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mobilenext_100")
@@ -76,8 +110,15 @@ def main() -> None:
         fns[f"α={label}"] = run
         if not args.no_cat and ratio < 1:
             fns[f"α={label} cat"] = _pure(run)
+    pairs = shortcut_tensors(base, x)
+    ops = {"y + x (pure, α=1)": shortcut_ops(pairs, 1.0, "out")}
+    for label, ratio in RATIOS.items():
+        ops[f"in place α={label}"] = shortcut_ops(pairs, ratio, "inplace")
+        if ratio < 1:
+            ops[f"cat α={label}"] = shortcut_ops(pairs, ratio, "cat")
     before = _loadavg()
     ms = time_rotating(fns, args.rounds, warmup=args.warmup, calls=args.calls, rewarm=True)
+    op_ms = time_rotating(ops, args.rounds * 4, warmup=args.warmup, calls=args.calls)
     after = _loadavg()
     print(f"# {args.model}, batch {args.batch}, {args.img_size}², fp32, {args.threads} thread(s), "
           f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
@@ -88,6 +129,12 @@ def main() -> None:
     ref = ms["α=1"]
     for k, v in ms.items():
         print(f"| {k} | {v:.2f} | {ref / v:.3f}× |")
+    print(f"\n# the shortcut additions alone, summed over the {len(pairs)} shortcut blocks' tensors")
+    print("| shortcut | µs / forward | speed vs y + x |")
+    print("|---|---:|---:|")
+    ref = op_ms["y + x (pure, α=1)"]
+    for k, v in op_ms.items():
+        print(f"| {k} | {v * 1e3:.1f} | {ref / v:.2f}× |")
 
 
 if __name__ == "__main__":
