@@ -57,6 +57,8 @@ def _shrunk(name: str) -> dict:
 def _smallest_per_family() -> list[str]:
     best: dict[str, str] = {}
     for n in ALL:
+        if n.startswith("replknet_31b_k"):  # the kernel-size study (tests/test_ablations.py), not the family's face
+            continue
         fam = get_entry(n).family
         if fam not in best or PARAMS[n] < PARAMS[best[fam]]:
             best[fam] = n
