@@ -18,7 +18,6 @@ from moderncnn.search import (
     EFFICIENTNETV2,
     ReinforceSampler,
     RewardWeights,
-    SearchSpace,
     StageChoices,
     compound,
     load_space,

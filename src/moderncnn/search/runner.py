@@ -15,6 +15,7 @@ import csv
 import io
 import math
 import os
+import random
 import socket
 import sys
 import tempfile
@@ -81,11 +82,20 @@ def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
         if url.startswith("sqlite"):
             kw["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # workers wait for the lock, not fail
         # a worker killed mid-trial stops its heartbeat; the trial is failed and its point retried once
-        with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna 4-5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120,
-                                              heartbeat_stale_trial_callback=retry, **kw)
+        from sqlalchemy.exc import SQLAlchemyError
+
+        for attempt in range(6):
+            try:
+                with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna 4-5
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+                    return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120,
+                                                      heartbeat_stale_trial_callback=retry, **kw)
+            except SQLAlchemyError:
+                # workers started together race to create the tables of a new database: the loser retries
+                if attempt == 5:
+                    raise
+                time.sleep(0.2 + random.random())
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     path = Path(url.removeprefix("journal:"))
@@ -199,8 +209,11 @@ def run_search(cfg: SearchConfig, objective: Callable[[optuna.Trial], float] | N
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(cfg.storage, out)
     study = optuna.create_study(storage=storage, study_name=cfg.study_name or f"search-{space.name}",
-                                direction="maximize", sampler=make_sampler(cfg.sampler, cfg.seed),
-                                load_if_exists=True)
+                                direction="maximize", load_if_exists=True)
+    # a resumed or joined study: offset the seed by the trials already there, so a fixed --seed does not
+    # replay the draws of the first run (the REINFORCE sampler seeds each trial by its number anyway)
+    seed = None if cfg.seed is None else cfg.seed + len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(cfg.sampler, seed)
     proxy = objective is None
     if objective is None:
         objective = Objective(cfg, space, out)
@@ -231,7 +244,8 @@ def run_search(cfg: SearchConfig, objective: Callable[[optuna.Trial], float] | N
     baseline = None
     if cfg.compare_baseline and best is not None and proxy:
         baseline = compare_with_baseline(objective, best)
-    files = write_report(out, study, space, trials, best, cfg, baseline)
+    command = "moderncnn " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).stem in ("moderncnn", "__main__") else None
+    files = write_report(out, study, space, trials, best, cfg, baseline, command)
     return SearchResult(out, study, best, files, baseline)
 
 
@@ -326,7 +340,8 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, baseline: dict[str, Any]
 
 
 def write_report(out: Path, study: optuna.Study, space: SearchSpace, trials: list[FrozenTrial],
-                 best: FrozenTrial | None, cfg: SearchConfig, baseline: dict[str, Any] | None) -> dict[str, Path]:
+                 best: FrozenTrial | None, cfg: SearchConfig, baseline: dict[str, Any] | None,
+                 command: str | None = None) -> dict[str, Path]:
     """``trials.csv``, ``best.yaml`` (a recipe for ``moderncnn train -c``), ``pareto.png``, ``report.md``; prints
     the table of the best trials."""
     files: dict[str, Path] = {}
@@ -356,10 +371,21 @@ def write_report(out: Path, study: optuna.Study, space: SearchSpace, trials: lis
         png = plot_pareto(rows, out / "pareto.png", baseline)
         if png is not None:
             files["plot"] = png
+    spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+             if t.datetime_start and t.datetime_complete]
+    t_all = [t for t in trials if t.datetime_start and t.datetime_complete]
+    span = ((max(t.datetime_complete for t in t_all) - min(t.datetime_start for t in t_all)).total_seconds()
+            if t_all else 0.0)
+    trained = sum("same_as" not in t.user_attrs for t in trials)
     lines = [f"# Architecture search: {study.study_name}", "",
-             f"{len(trials)} completed trials, sampler {cfg.sampler}, space {space.name} ({space.size():.3g} points), "
-             f"proxy {cfg.proxy_steps} steps of recipe {cfg.recipe} {cfg.train_overrides or ''}, reward "
-             f"A·S^{cfg.w}·P^{cfg.v} (S in s, P in millions).", "", "## Best trials", "", *table, ""]
+             f"{len(trials)} completed trials ({trained} trained, the rest repeated points), sampler {cfg.sampler}, "
+             f"space {space.name} ({space.size():.3g} points), proxy {cfg.proxy_steps} steps of recipe {cfg.recipe} "
+             f"{cfg.train_overrides or ''}, reward A·S^{cfg.w}·P^{cfg.v} (S in s, P in millions).", "",
+             f"Command: `{command or 'run_search(...)'}`  ",
+             f"Wall time: {span / 60:.1f} min from the first trial's start to the last one's end; trials took "
+             f"{sum(spans) / 60:.1f} min in all ({torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, "
+             f"torch {torch.__version__}, optuna {optuna.__version__}, {time.strftime('%Y-%m-%d')}).", "",
+             "## Best trials", "", *table, ""]
     if "plot" in files:
         lines += ["![accuracy vs step time](pareto.png)", ""]
     if baseline is not None and best is not None:

@@ -11,7 +11,8 @@ the tuple of options for each choice. A point of the space is the stage table of
 A space can also be written as YAML (``moderncnn search --space my_space.yaml``)::
 
     stages:
-      - {stride: 1, channels: 16, block: [fused, mbconv], kernel: [3, 5], expand: [1, 4, 6], layers: [1, 2], se: [false, true]}
+      - {stride: 1, channels: 16, block: [fused, mbconv], kernel: [3, 5], expand: [1, 4, 6],
+         layers: [1, 2], se: [false, true]}
       - ...
     se_ratio: 0.25
 """
@@ -65,7 +66,8 @@ class StageChoices:
             if bad := [v for v in getattr(self, name) if not (isinstance(v, int) and v >= 1)]:
                 raise ConfigError(f"search stage: {name} options must be integers >= 1, got {bad}")
         if self.stride not in (1, 2) or self.channels < 1:
-            raise ConfigError(f"search stage: stride must be 1 or 2 and channels >= 1, got {self.stride}, {self.channels}")
+            raise ConfigError(f"search stage: stride must be 1 or 2 and channels >= 1, "
+                              f"got {self.stride}, {self.channels}")
 
 
 #    stride  channels   (EfficientNetV2-B0's widths and strides, models/efficientnetv2.py `_BASE`; each
