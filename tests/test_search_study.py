@@ -166,3 +166,25 @@ def test_search_command_rejects_bad_values(capsys):
     assert "--trials must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["search", "--sampler", "evolution"])
+
+
+def test_baseline_is_b0_scaled_to_the_same_parameters():
+    """--compare-baseline: EfficientNetV2-B0 compound-scaled (down, here) to the best network's parameter count."""
+    from types import SimpleNamespace
+
+    from moderncnn.analysis.complexity import count_params
+    from moderncnn.search.runner import compare_with_baseline
+
+    measured = []
+
+    def measure(kwargs, tag):
+        measured.append(tag)
+        model = create_model("efficientnetv2_custom", num_classes=10, in_chans=1, **kwargs)
+        return {"params": count_params(model), "accuracy": 0.5, "step_time_s": 0.1, "reward": 0.5}
+
+    fake = SimpleNamespace(num_classes=10, in_chans=1, measure=measure)
+    for target in (300_000, 3_000_000):
+        out = compare_with_baseline(fake, SimpleNamespace(user_attrs={"params": target}))
+        assert abs(out["params"] - target) / target < 0.2, (target, out)
+        assert (out["phi"] < 0) == (target < 7e6)  # B0 itself has ~7 M parameters
+    assert measured == ["baseline-b0-scaled"] * 2  # one proxy training each

@@ -112,6 +112,8 @@ def proxy_train(config, train_dataset, val_dataset) -> float:
         result = train(config, train_dataset=train_dataset, val_dataset=val_dataset)
     except TrainingDivergedError:
         return 0.0
+    if result.interrupted:  # Ctrl-C reached the trainer: stop the search (the trial is marked failed)
+        raise KeyboardInterrupt
     top1 = result.last_metrics.get("eval_top1", result.best_top1)
     if top1 is None:
         raise ConfigError("the proxy training ended without an evaluation; check the proxy options")
@@ -203,6 +205,7 @@ def run_search(cfg: SearchConfig, objective: Callable[[optuna.Trial], float] | N
         raise ConfigError(f"--trials and --proxy-steps must be >= 1, got {cfg.trials}, {cfg.proxy_steps}")
     if cfg.sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    t_start = time.perf_counter()
     space = load_space(cfg.space)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +248,7 @@ def run_search(cfg: SearchConfig, objective: Callable[[optuna.Trial], float] | N
     if cfg.compare_baseline and best is not None and proxy:
         baseline = compare_with_baseline(objective, best)
     command = "moderncnn " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).stem in ("moderncnn", "__main__") else None
-    files = write_report(out, study, space, trials, best, cfg, baseline, command)
+    files = write_report(out, study, space, trials, best, cfg, baseline, command, time.perf_counter() - t_start)
     return SearchResult(out, study, best, files, baseline)
 
 
@@ -273,7 +276,7 @@ def compare_with_baseline(objective: Objective, best: FrozenTrial) -> dict[str, 
         kw = compound(b0, phi).model_kwargs()
         return count_params(create_model("efficientnetv2_custom", num_classes=nc, in_chans=ic, **kw))
 
-    lo, hi = -4.0, 6.0  # bisection on φ: parameters grow with φ
+    lo, hi = -20.0, 6.0  # bisection on φ (parameters grow with φ); φ = -20 is ~28 k parameters
     for _ in range(20):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if params_at(mid) < target else (lo, mid)
@@ -319,7 +322,8 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, baseline: dict[str, Any]
     fig, ax = plt.subplots(figsize=(7, 5))
     acc = [100 * r["accuracy"] for r in rows]
     ms = [r["step_ms"] for r in rows]
-    size = [20 + 60 * r["params_m"] for r in rows]
+    pmax = max(max(r["params_m"] for r in rows), baseline["params"] / 1e6 if baseline else 0.0)
+    size = [30 + 300 * r["params_m"] / pmax for r in rows]
     sc = ax.scatter(ms, acc, s=size, c=[r["reward"] for r in rows], cmap="viridis", alpha=0.7, edgecolors="k")
     fig.colorbar(sc, ax=ax, label="reward A·S^w·P^v")
     front = sorted(pareto_front(list(zip(acc, ms))), key=lambda i: ms[i])
@@ -328,7 +332,8 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, baseline: dict[str, Any]
     ax.annotate(f"best #{rows[best]['trial']}", (ms[best], acc[best]), textcoords="offset points", xytext=(6, 6))
     if baseline is not None:
         ax.scatter([1e3 * baseline["step_time_s"]], [100 * baseline["accuracy"]],
-                   s=20 + 60 * baseline["params"] / 1e6, marker="*", c="red", label="B0 scaled to the same params")
+                   s=30 + 300 * baseline["params"] / 1e6 / pmax, marker="*", c="red",
+                   label="B0 scaled to the same params")
     ax.set_xlabel("training step time S (ms)")
     ax.set_ylabel("proxy top-1 accuracy A (%)")
     ax.set_title("architecture search: accuracy vs step time (marker area ∝ parameters)")
@@ -341,7 +346,7 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, baseline: dict[str, Any]
 
 def write_report(out: Path, study: optuna.Study, space: SearchSpace, trials: list[FrozenTrial],
                  best: FrozenTrial | None, cfg: SearchConfig, baseline: dict[str, Any] | None,
-                 command: str | None = None) -> dict[str, Path]:
+                 command: str | None = None, wall: float = 0.0) -> dict[str, Path]:
     """``trials.csv``, ``best.yaml`` (a recipe for ``moderncnn train -c``), ``pareto.png``, ``report.md``; prints
     the table of the best trials."""
     files: dict[str, Path] = {}
@@ -378,12 +383,14 @@ def write_report(out: Path, study: optuna.Study, space: SearchSpace, trials: lis
             if t_all else 0.0)
     trained = sum("same_as" not in t.user_attrs for t in trials)
     lines = [f"# Architecture search: {study.study_name}", "",
-             f"{len(trials)} completed trials ({trained} trained, the rest repeated points), sampler {cfg.sampler}, "
+             f"{len(trials)} completed trials ({trained} trained, {len(trials) - trained} repeats of earlier points), "
+             f"sampler {cfg.sampler}, "
              f"space {space.name} ({space.size():.3g} points), proxy {cfg.proxy_steps} steps of recipe {cfg.recipe} "
              f"{cfg.train_overrides or ''}, reward A·S^{cfg.w}·P^{cfg.v} (S in s, P in millions).", "",
              f"Command: `{command or 'run_search(...)'}`  ",
-             f"Wall time: {span / 60:.1f} min from the first trial's start to the last one's end; trials took "
-             f"{sum(spans) / 60:.1f} min in all ({torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, "
+             f"Wall time: this command {wall / 60:.1f} min; {span / 60:.1f} min from the first trial's start to the "
+             f"last one's end, trials took {sum(spans) / 60:.1f} min in all ({torch.get_num_threads()} torch "
+             f"threads, {os.cpu_count()} CPUs, "
              f"torch {torch.__version__}, optuna {optuna.__version__}, {time.strftime('%Y-%m-%d')}).", "",
              "## Best trials", "", *table, ""]
     if "plot" in files:
@@ -396,6 +403,10 @@ def write_report(out: Path, study: optuna.Study, space: SearchSpace, trials: lis
                   f"{a['params'] / 1e6:.3f} | {best.value:.4f} |",
                   f"| B0 compound-scaled, φ = {baseline['phi']:.2f} | {100 * baseline['accuracy']:.2f} | "
                   f"{1e3 * baseline['step_time_s']:.1f} | {baseline['params'] / 1e6:.3f} | {baseline['reward']:.4f} |",
+                  "", f"Both under the same proxy ({cfg.proxy_steps} steps, same recipe and seed) and step timing; "
+                  f"the baseline's stage table (width β^φ, depth α^φ, later stages first; search/scaling.py): "
+                  f"`{describe(baseline['model_kwargs']['stages'])}` at width "
+                  f"{baseline['model_kwargs']['width_mult']:.3f}.",
                   ""]
     files["report"] = out / "report.md"
     files["report"].write_text("\n".join(lines))
