@@ -219,3 +219,16 @@ def test_scaled_config_builds_as_custom_model():
     assert count_params(a) == count_params(b)
     assert a.num_features == 1536  # 1280 · 1.2
     assert sum(len(s) for s in a.stages) == sum(s.repeats for s in sc.config.stages)
+
+
+@pytest.mark.parametrize("name", ["reinforce", "tpe", "random"])
+def test_every_sampler_draws_points_of_the_space(name):
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(name, seed=0))
+    rows = []
+
+    def objective(trial):
+        rows.append(EFFICIENTNETV2_NANO.stage_table(EFFICIENTNETV2_NANO.suggest(trial)))  # raises off the space
+        return float(sum(r[5] for r in rows[-1]))
+
+    study.optimize(objective, n_trials=12)
+    assert len(rows) == 12 and len({str(r) for r in rows}) > 1
