@@ -46,7 +46,7 @@ def test_space_matches_paper_choices():
 @pytest.mark.parametrize("space", [EFFICIENTNETV2, EFFICIENTNETV2_NANO], ids=lambda s: s.name)
 def test_points_build_as_the_table_says(space):
     rng = random.Random(0)
-    for _ in range(2):
+    for _ in range(1 if space is EFFICIENTNETV2 else 3):  # the full space's points reach ~25 M parameters
         point = space.sample(rng)
         model = space.build(point, num_classes=10, in_chans=1)
         for i, stage in enumerate(model.stages):
