@@ -12,7 +12,7 @@ alternating rounds in the same process (median of the rounds; CUDA events), so d
 3. Inference, ours fused + ``torch.compile`` vs timm eager and timm compiled (convnext_tiny, repvgg_a2);
    last, because its four compilations take the longest.
 
-Targets (performance.md §9 and the deploy brief): eager ≥ 1.0× timm; fused+compiled ≥ 1.8× timm eager
+Targets (docs/architectures.md, speed targets): eager ≥ 1.0× timm; fused+compiled ≥ 1.8× timm eager
 (convnext_tiny) and ≥ 1.35× (repvgg_a2); training ≥ 1.0× timm. Results are written section by section,
 so a run cut short still leaves its finished rows.
 """

@@ -9,7 +9,7 @@ of each is reported, so load from other processes hits all four alike. The load 
 after is written beside the numbers.
 
 Targets: RepVGG fused ≥ 1.3× faster than its train form (RepVGG paper §4, Table 4 reports the
-deploy speed; performance.md §9 goal 4); ours no slower than timm (ratio ≥ 1.0).
+deploy speed; the goal is in docs/architectures.md, speed targets); ours no slower than timm (ratio ≥ 1.0).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``moderncnn <command>``: list, info, convert, train, eval, demo, fuse, export, bench, search.
+"""``moderncnn <command>``: list, info, convert, train, eval, demo, fuse, export, bench, erf, search.
 
 Each command lives beside the code it drives and is imported only when used, so ``moderncnn list``
 stays fast. A command module exposes ``add_parser(subparsers)`` which sets ``func`` on its parser.
@@ -23,6 +23,7 @@ COMMANDS = {
     "fuse": "moderncnn.deploy.cli",
     "export": "moderncnn.deploy.cli",
     "bench": "moderncnn.deploy.cli",
+    "erf": "moderncnn.analysis.erf_cli",
     "search": "moderncnn.search.cli",
 }
 

@@ -36,7 +36,6 @@ def register_model(
     model_cls: type[nn.Module],
     cfg: Any,
     *,
-    family: str,
     input_size: int = 224,
     test_input_size: int | None = None,
     in_timm: bool = False,
@@ -45,6 +44,9 @@ def register_model(
         raise ValueError(f"model {name!r} is registered twice")
     if not dataclasses.is_dataclass(cfg):
         raise TypeError(f"the config of {name!r} must be a dataclass, got {type(cfg).__name__}")
+    family = getattr(model_cls, "family", "")
+    if not family:
+        raise TypeError(f"{model_cls.__name__} must name its family (class attribute `family`)")
     _REGISTRY[name] = ModelEntry(name, family, model_cls, cfg, input_size, test_input_size, in_timm)
 
 

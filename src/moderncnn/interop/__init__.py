@@ -34,7 +34,7 @@ def register_layout(family: str, layout: str, convert: Converter) -> None:
 
 
 def _ensure_loaded() -> None:
-    from . import convnext, efficientnetv2, mobilenext, replknet, repvgg  # noqa: F401
+    from . import convnext, efficientnetv2, mobilenetv2, mobilenext, replknet, repvgg  # noqa: F401
 
 
 def read_state_dict(source: str | Path | Mapping, use_ema: bool = False) -> StateDict:

@@ -12,6 +12,7 @@ from .reparam import (
     pad_kernel_to,
     reparameterize_model,
 )
+from .squeeze_excite import SqueezeExcite
 
 __all__ = [
     "ClassifierHead",
@@ -27,4 +28,5 @@ __all__ = [
     "identity_kernel",
     "pad_kernel_to",
     "reparameterize_model",
+    "SqueezeExcite",
 ]

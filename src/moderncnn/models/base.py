@@ -30,7 +30,7 @@ class ModelBase(nn.Module):
     (e.g. EfficientNetV2's 1×1 head conv); ``head_attrs`` names what features-only mode removes.
     """
 
-    family: str = ""
+    family: str = ""  # written once here, per family; registration and weight loading read it
     head_attrs: tuple[str, ...] = ("head",)
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -83,13 +83,19 @@ class ModelBase(nn.Module):
         return x
 
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-            if isinstance(stage, nn.Sequential):  # checkpoint block by block
-                for block in stage:
-                    x = checkpoint(block, x, use_reentrant=False)
-                return x
-            return checkpoint(stage, x, use_reentrant=False)
-        return stage(x)
+        """Run one stage; with gradient checkpointing, block by block (each block's activations are
+        recomputed in the backward pass). A stage is an ``nn.Sequential`` of blocks, or a module with
+        ``downsample`` and ``blocks`` whose forward is ``blocks(downsample(x))``."""
+        if not (self.grad_checkpointing and self.training and not torch.jit.is_scripting()):
+            return stage(x)
+        if isinstance(stage, nn.Sequential):
+            blocks = stage
+        else:
+            x = stage.downsample(x)  # cheap and parameter-light: not worth recomputing
+            blocks = stage.blocks
+        for block in blocks:
+            x = checkpoint(block, x, use_reentrant=False)
+        return x
 
     def forward_intermediates(self, x: torch.Tensor, indices: tuple[int, ...] | None = None) -> list[torch.Tensor]:
         """The output of every stage in ``indices`` (all stages by default)."""

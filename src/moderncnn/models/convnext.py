@@ -141,4 +141,4 @@ _VARIANTS = {
     "convnext_xlarge": _cfg((3, 3, 27, 3), (256, 512, 1024, 2048)),
 }
 for _name, _c in _VARIANTS.items():
-    register_model(_name, ConvNeXt, _c, family="convnext", in_timm=True)
+    register_model(_name, ConvNeXt, _c, in_timm=True)

@@ -1,7 +1,7 @@
 """The ConvNeXt modernization roadmap: ResNet-50 -> ConvNeXt-T one design decision at a time.
 
 Liu et al., "A ConvNet for the 2020s" (CVPR 2022), §2 and Figure 2; the exact structure of every step
-is architectures.md §5.4 (each step reproduces the paper's GFLOPs). One configurable network covers
+is in docs/architectures.md (ConvNeXt roadmap; each step reproduces the paper's GFLOPs). One configurable network covers
 all steps: the config's fields are the roadmap's switches, and every registered model
 ``convnext_roadmap_<step>_<what>`` is the previous step's config with one (or, for the last step, a
 few) switches flipped. The models are for studying the ladder (train them with the same recipe and
@@ -202,7 +202,7 @@ class ConvNeXtRoadmap(ModelBase):
 
 
 def _ladder() -> dict[str, ConvNeXtRoadmapConfig]:
-    """Figure 2, each step cumulative (architectures.md §5.4)."""
+    """Figure 2, each step cumulative (docs/architectures.md, ConvNeXt roadmap)."""
     steps = {}
     c = steps["0_resnet50"] = ConvNeXtRoadmapConfig()
     c = steps["1_stage_ratio"] = replace(c, depths=(3, 3, 9, 3))
@@ -216,14 +216,14 @@ def _ladder() -> dict[str, ConvNeXtRoadmapConfig]:
     c = steps["8_gelu"] = replace(steps["7_kernel7"], act="gelu")
     c = steps["9_fewer_activations"] = replace(c, fewer_acts=True)
     # the convs take biases once most of the BNs that made them redundant are gone (as in ConvNeXt's
-    # code): the §5.4 count 25.84M is 25.80M + the biases (6d per block), not 25.80M
+    # code): the step-10 count 25.84M (docs/architectures.md) is 25.80M + the biases (6d per block)
     c = steps["10_fewer_norms"] = replace(c, fewer_norms=True, conv_bias=True)
     c = steps["11_layernorm"] = replace(c, norm="ln")
-    # §5.4's 28.58M is without layer scale; with it (+6,624 gammas) this is ConvNeXt-T, 28.59M
+    # step 12's 28.58M is without layer scale; with it (+6,624 gammas) this is ConvNeXt-T, 28.59M
     steps["12_convnext"] = replace(c, separate_downsample=True, head_norm=True, layer_scale_init_value=1e-6)
     return steps
 
 
 ROADMAP = _ladder()
 for _step, _c in ROADMAP.items():
-    register_model(f"convnext_roadmap_{_step}", ConvNeXtRoadmap, _c, family="convnext_roadmap")
+    register_model(f"convnext_roadmap_{_step}", ConvNeXtRoadmap, _c)

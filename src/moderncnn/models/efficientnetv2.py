@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..layers import ClassifierHead, ConvBNAct, DropPath, make_divisible
+from ..layers import ClassifierHead, ConvBNAct, DropPath, SqueezeExcite, make_divisible
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
 
@@ -52,10 +52,18 @@ class EfficientNetV2Config(ModelConfig):
     padding: Literal["same", "pytorch"] = "pytorch"
     drop_rate: float = 0.2
     drop_path_rate: float = 0.2  # official survival_prob 0.8
+    # ablation switch (§3.2, the table on Fused-MBConv placement): the first ``fused_stages`` stages use
+    # Fused-MBConv, the rest MBConv, each keeping its row's expansion, kernel and SE. None: the variant's
+    # table (Fused-MBConv in the first three stages); 0: MBConv everywhere; len(stages): Fused everywhere
+    fused_stages: int | None = None
 
     def __post_init__(self) -> None:
         # rows may come from YAML/JSON (``--model-kwargs``, a searched architecture): lists or mappings
         object.__setattr__(self, "stages", tuple(_as_stage(s) for s in self.stages))
+        if self.fused_stages is not None and not 0 <= self.fused_stages <= len(self.stages):
+            raise ConfigError(
+                f"fused_stages must be None (the variant's table) or 0..{len(self.stages)}, got {self.fused_stages}"
+            )
         if self.padding not in ("same", "pytorch"):
             raise ConfigError(
                 f"padding must be 'same' (TensorFlow, as the official weights) or 'pytorch' (k//2), "
@@ -64,6 +72,14 @@ class EfficientNetV2Config(ModelConfig):
         for s in self.stages:
             if s.block not in ("fused", "mbconv"):
                 raise ConfigError(f"stage block type must be 'fused' or 'mbconv', got {s.block!r} in {s}")
+
+    def stage_rows(self) -> tuple[Stage, ...]:
+        """The stage table with ``fused_stages`` applied."""
+        if self.fused_stages is None:
+            return self.stages
+        return tuple(
+            s._replace(block=FUSED if i < self.fused_stages else MBCONV) for i, s in enumerate(self.stages)
+        )
 
     def round_filters(self, filters: int) -> int:
         """Width scaling (official ``round_filters``): nearest multiple of 8, with no 90% correction."""
@@ -133,26 +149,10 @@ def conv_bn(
 # -- blocks (§3.2, Figure 2) -------------------------------------------------------------------------
 
 
-class SqueezeExcite(nn.Module):
-    """Squeeze-excite: mean -> 1×1 (C -> r, bias) -> SiLU -> 1×1 (r -> C, bias) -> sigmoid -> scale.
-
-    ``rd_chs`` is computed by the caller from the block *input* width (official ``effnetv2_model.py``:
-    ``max(1, int(input_filters * se_ratio))``), not from the expanded width it acts on.
-    """
-
-    def __init__(self, chs: int, rd_chs: int) -> None:
-        super().__init__()
-        self.reduce = nn.Conv2d(chs, rd_chs, 1)
-        self.act = nn.SiLU()
-        self.expand = nn.Conv2d(rd_chs, chs, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.expand(self.act(self.reduce(x.mean((2, 3), keepdim=True))))
-        return x * s.sigmoid()
-
-
 def _se(in_chs: int, mid_chs: int, se_ratio: float) -> nn.Module:
-    return SqueezeExcite(mid_chs, max(1, int(in_chs * se_ratio))) if se_ratio > 0 else nn.Identity()
+    # the reduced width comes from the block *input* width (official effnetv2_model.py:
+    # max(1, int(input_filters * se_ratio))), not from the expanded width it acts on
+    return SqueezeExcite(mid_chs, max(1, int(in_chs * se_ratio)), nn.SiLU) if se_ratio > 0 else nn.Identity()
 
 
 class _Residual(nn.Module):
@@ -160,7 +160,8 @@ class _Residual(nn.Module):
 
     def _init_residual(self, in_chs: int, out_chs: int, stride: int, drop_path: float) -> None:
         self.has_residual = stride == 1 and in_chs == out_chs
-        # no shortcut, nothing to drop: stochastic depth applies to residual blocks only (§2.4)
+        # no shortcut, nothing to drop: stochastic depth applies to residual blocks only (official code;
+        # docs/architectures.md, EfficientNetV2)
         self.drop_path = DropPath(drop_path) if self.has_residual and drop_path > 0 else nn.Identity()
 
     def _finish(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
@@ -228,11 +229,12 @@ class EfficientNetV2(ModelBase):
         super().__init__(cfg)
         stem_chs = cfg.round_filters(cfg.stem_chs)
         self.stem = conv_bn(cfg, cfg.in_chans, stem_chs, 3, 2)
-        repeats = [cfg.round_repeats(s.repeats) for s in cfg.stages]
+        rows = cfg.stage_rows()
+        repeats = [cfg.round_repeats(s.repeats) for s in rows]
         dpr = block_drop_path_rates(cfg.drop_path_rate, sum(repeats))
         stages, self.feature_info = [], []
         in_chs, reduction, idx = stem_chs, 2, 0
-        for i, (s, n) in enumerate(zip(cfg.stages, repeats)):
+        for i, (s, n) in enumerate(zip(rows, repeats)):
             out_chs = cfg.round_filters(s.channels)
             blocks = []
             for j in range(n):
@@ -315,7 +317,8 @@ _XL = (
     Stage(MBCONV, 6, 3, 1, 640,  8, 0.25),
 )
 
-# size: stages, stem, width, depth, dropout, train size (timm's input_size), eval size (§2.5)
+# size: stages, stem, width, depth, dropout, train size (timm's input_size), eval size
+# (official code; docs/architectures.md, EfficientNetV2)
 _VARIANTS = {
     "b0": (_BASE, 32, 1.0, 1.0, 0.2, 192, 224),
     "b1": (_BASE, 32, 1.0, 1.1, 0.2, 192, 240),
@@ -329,7 +332,7 @@ _VARIANTS = {
 # any stage table (architecture search, moderncnn.search; docs/search.md): B0's base until overridden, e.g.
 # create_model("efficientnetv2_custom", stages=[["fused", 1, 3, 1, 16, 1], ...])
 register_model("efficientnetv2_custom", EfficientNetV2, EfficientNetV2Config(stages=_BASE),
-               family="efficientnetv2", input_size=192, test_input_size=224)
+               input_size=192, test_input_size=224)
 # timm trained its own PyTorch-padded S and M at smaller sizes; its input_size is the default there
 _TIMM_PYTORCH_TRAIN_SIZE = {"s": 288, "m": 320}
 
@@ -339,5 +342,5 @@ for _size, (_stages, _stem, _w, _d, _drop, _train, _eval) in _VARIANTS.items():
                                     drop_rate=_drop, padding=_padding)
         _in_timm = _padding == "same" or _size in ("s", "m", "l", "xl")  # timm lacks efficientnetv2_b*
         _input = _TIMM_PYTORCH_TRAIN_SIZE.get(_size, _train) if _padding == "pytorch" else _train
-        register_model(_prefix + _size, EfficientNetV2, _cfg, family="efficientnetv2",
+        register_model(_prefix + _size, EfficientNetV2, _cfg,
                        input_size=_input, test_input_size=_eval, in_timm=_in_timm)

@@ -2,7 +2,7 @@
 
 The sandglass block flips MobileNetV2's inverted residual: the shortcut joins the *wide* tensors and the
 bottleneck sits in the middle, with depthwise convs at both wide ends (paper §3.2, Fig. 3). This file
-follows the official ``mnext.py`` layer for layer (architectures.md §1), including its four block code
+follows the official ``mnext.py`` layer for layer (docs/architectures.md, MobileNeXt), including its four block code
 paths, the ``oup / 6`` floor on the hidden width, the stride in the last depthwise conv, and the partial
 shortcut of the identity tensor multiplier (§3.3). Official checkpoints load through
 ``moderncnn.interop.mobilenext``.
@@ -35,6 +35,9 @@ MOBILENEXT_ARCH = (
 )
 
 
+DW_POSITIONS = ("ends", "middle")
+
+
 @dataclass(frozen=True, kw_only=True)
 class MobileNeXtConfig(ModelConfig):
     width_mult: float = 1.0
@@ -46,8 +49,15 @@ class MobileNeXtConfig(ModelConfig):
     # the official ``identity_div = d`` is α = 1/d
     identity_ratio: float = 1.0
     drop_rate: float = 0.2
+    # ablation switches (paper §3.2, where to put the depthwise convs, and its ablations of them):
+    # "ends": depthwise convs on the wide tensors (the sandglass); "middle": on the narrow bottleneck
+    dw_position: str = "ends"
+    second_dw: bool = True  # False: blocks with two depthwise convs keep only the first (it takes the stride)
+    last_dw_act: bool = False  # ReLU6 after the last depthwise conv (the paper keeps it linear)
 
     def __post_init__(self) -> None:
+        if self.dw_position not in DW_POSITIONS:
+            raise ConfigError(f"dw_position must be one of {DW_POSITIONS}, got {self.dw_position!r}")
         if not 0.0 < self.identity_ratio <= 1.0:
             raise ConfigError(
                 f"identity_ratio must be in (0, 1] (the fraction of channels that get the shortcut; "
@@ -73,12 +83,23 @@ def identity_channels(channels: int, ratio: float) -> int:
     return math.floor(channels * ratio + 1e-9)
 
 
+def _may_write_in_place(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """True when ``y`` may be changed in place: plain eager inference (no autograd graph, no tracing,
+    export or compile) and ``y`` a tensor of its own."""
+    if y.requires_grad or x.requires_grad or y is x:
+        return False
+    return not (
+        torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+    )
+
+
 class SandglassBlock(nn.Module):
     """Sandglass block (paper §3.2, Fig. 3b), with the four code paths of the official ``SGBlock``.
 
     ``dw1`` (DW 3×3, ReLU6) -> ``pw_reduce`` (1×1 to ``hidden``, linear) -> ``pw_expand`` (1×1 to
     ``oup``, ReLU6) -> ``dw2`` (DW 3×3 carrying the stride, linear) [-> + shortcut]. Which parts exist
-    (architectures.md §1.1):
+    (docs/architectures.md, "Sandglass block as the official code builds it"):
 
     1. ``t == 2`` (the first block): all four, no shortcut;
     2. ``inp != oup``, stride 1, not ``keep_3x3``: the two 1×1 convs only;
@@ -87,6 +108,10 @@ class SandglassBlock(nn.Module):
 
     The shortcut (after the last BN, no activation after the add) goes to the first
     ``identity_channels`` channels only; absent parts are ``None``.
+
+    Ablation switches: ``dw_position="middle"`` runs both depthwise convs on the ``hidden`` channels between
+    the two 1×1 convs (each layer keeps its own BN and activation); ``second_dw=False`` drops ``dw2`` where
+    ``dw1`` exists and gives ``dw1`` the stride; ``last_dw_act`` adds ReLU6 after ``dw2``.
     """
 
     def __init__(
@@ -98,6 +123,9 @@ class SandglassBlock(nn.Module):
         keep_3x3: bool = False,
         identity_ratio: float = 1.0,
         drop_path: float = 0.0,
+        dw_position: str = "ends",
+        second_dw: bool = True,
+        last_dw_act: bool = False,
     ) -> None:
         super().__init__()
         hidden = hidden_width(inp, oup, t)
@@ -110,11 +138,18 @@ class SandglassBlock(nn.Module):
             path = 4
         self.path = path
         relu6 = nn.ReLU6
-        self.dw1 = ConvBNAct(inp, inp, 3, 1, groups=inp, act_layer=relu6) if path in (1, 4) else None
+        self.middle = dw_position == "middle"
+        dw_in, dw_out = (hidden, hidden) if self.middle else (inp, oup)
+        has_dw1, has_dw2 = path in (1, 4), path != 2
+        if has_dw1 and not second_dw:
+            has_dw2 = False
+        dw1_stride = 1 if has_dw2 else stride
+        self.dw1 = ConvBNAct(dw_in, dw_in, 3, dw1_stride, groups=dw_in, act_layer=relu6) if has_dw1 else None
         self.pw_reduce = ConvBN(inp, hidden, 1)
         self.pw_expand = ConvBNAct(hidden, oup, 1, act_layer=relu6)
         # the stride sits in the last DW conv, so the shortcut and the reduction see full resolution
-        self.dw2 = ConvBN(oup, oup, 3, stride, groups=oup) if path != 2 else None
+        last_act = relu6 if last_dw_act else None
+        self.dw2 = ConvBNAct(dw_out, dw_out, 3, stride, groups=dw_out, act_layer=last_act) if has_dw2 else None
         self.has_shortcut = path == 4 and not keep_3x3 and inp == oup and stride == 1
         self.identity_channels = identity_channels(oup, identity_ratio) if self.has_shortcut else 0
         if self.has_shortcut and self.identity_channels == 0:
@@ -125,17 +160,28 @@ class SandglassBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 and self.has_shortcut else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x if self.dw1 is None else self.dw1(x)
-        y = self.pw_expand(self.pw_reduce(y))
-        if self.dw2 is not None:
-            y = self.dw2(y)
+        if self.middle:
+            y = self.pw_reduce(x)
+            y = y if self.dw1 is None else self.dw1(y)
+            y = y if self.dw2 is None else self.dw2(y)
+            y = self.pw_expand(y)
+        else:
+            y = x if self.dw1 is None else self.dw1(x)
+            y = self.pw_expand(self.pw_reduce(y))
+            y = y if self.dw2 is None else self.dw2(y)
         if not self.has_shortcut:
             return y
         y = self.drop_path(y)
         k = self.identity_channels
+        if _may_write_in_place(x, y):
+            # inference: add into the first k channels of y's own storage. The point of the partial
+            # shortcut (§3.3) is fewer element-wise adds and less memory traffic; a torch.cat would
+            # rewrite all C channels and so cost more than the full shortcut.
+            y[:, :k] += x[:, :k]
+            return y
         if k == y.shape[1]:
             return y + x
-        # partial shortcut without in-place writes, so autograd and export see a pure graph
+        # pure form for autograd and export/compile: no in-place writes into a tensor of the graph
         return torch.cat([y[:, :k] + x[:, :k], y[:, k:]], dim=1)
 
 
@@ -164,7 +210,10 @@ class MobileNeXt(ModelBase):
             for i in range(n):
                 stride = s if i == 0 else 1
                 keep_3x3 = i == 0 and n == 1 and s == 1
-                stages[-1].append(SandglassBlock(inp, oup, stride, t, keep_3x3, cfg.identity_ratio, dpr[idx]))
+                stages[-1].append(SandglassBlock(
+                    inp, oup, stride, t, keep_3x3, cfg.identity_ratio, dpr[idx],
+                    cfg.dw_position, cfg.second_dw, cfg.last_dw_act,
+                ))
                 inp, reduction, idx = oup, reduction * stride, idx + 1
         self._close(stages, inp, reduction, final=True)
         self.stages = nn.Sequential(*[nn.Sequential(*blocks) for blocks in stages])
@@ -202,4 +251,4 @@ MOBILENEXT_WIDTHS = {
     "mobilenext_140": 1.4,
 }
 for _name, _w in MOBILENEXT_WIDTHS.items():
-    register_model(_name, MobileNeXt, MobileNeXtConfig(width_mult=_w), family="mobilenext")
+    register_model(_name, MobileNeXt, MobileNeXtConfig(width_mult=_w))

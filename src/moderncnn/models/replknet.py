@@ -1,8 +1,8 @@
 """RepLKNet: "Scaling Up Your Kernels to 31x31: Revisiting Large Kernel Design in CNNs" (Ding et al., CVPR 2022).
 
-The network (§4 of the paper, ``architectures.md`` §4.1): a four-layer stem (output stride 4), then four
-stages of [RepLK block, ConvFFN] pairs joined by transitions (1×1 conv, depthwise 3×3 stride 2), then
-BN -> global average pool -> Linear. The RepLK block's depthwise K×K convolution (K up to 31) is trained
+The network (§4 of the paper; the layer list is in ``docs/architectures.md``): a four-layer stem (output
+stride 4), then four stages of [RepLK block, ConvFFN] pairs joined by transitions (1×1 conv, depthwise 3×3
+stride 2), then BN -> global average pool -> Linear. The RepLK block's depthwise K×K convolution (K up to 31) is trained
 with a parallel small (5×5) depthwise kernel that is merged into it after training (structural
 re-parameterization, §3 guideline 2); :meth:`ReparamLargeKernelConv.reparameterize` does that merge.
 
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .. import kernels
 from ..errors import ConfigError
@@ -37,10 +36,11 @@ from .base import ModelBase, ModelConfig
 
 @dataclass(frozen=True, kw_only=True)
 class RepLKNetConfig(ModelConfig):
-    """RepLKNet hyper-parameters, named as the official ``RepLKNet`` constructor (§4.2).
+    """RepLKNet hyper-parameters, named as the official ``RepLKNet`` constructor (paper §4;
+    ``docs/architectures.md``, RepLKNet).
 
     ``drop_path_rate`` defaults to 0.3, the official ``create_RepLKNet*`` factories' default; the paper's
-    ImageNet-1K recipe trains 31B with 0.5 (``architectures.md`` §4.4).
+    ImageNet-1K recipe trains 31B with 0.5 (``docs/architectures.md``, RepLKNet training).
     """
 
     large_kernel_sizes: tuple[int, ...] = (31, 29, 27, 13)
@@ -269,15 +269,6 @@ class RepLKNet(ModelBase):
         head_norm = nn.BatchNorm2d(self.num_features)
         self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate, head_norm, norm_before_pool=True)
 
-    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        # checkpoint block by block: a 31×31 stage keeps little memory, and recomputing one block is cheap
-        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-            x = stage.downsample(x)
-            for block in stage.blocks:
-                x = checkpoint(block, x, use_reentrant=False)
-            return x
-        return stage(x)
-
     def forward_intermediates(self, x: torch.Tensor, indices: tuple[int, ...] | None = None) -> list[torch.Tensor]:
         feats = super().forward_intermediates(x, indices)
         if self.feature_norms is None:
@@ -300,5 +291,19 @@ _VARIANTS = {
     "replknet_31l": (_cfg((31, 29, 27, 13), (192, 384, 768, 1536)), 384),
     "replknet_xl": (_cfg((27, 27, 27, 13), (256, 512, 1024, 2048), small_kernel=None, dw_ratio=1.5), 320),
 }
+# the paper's kernel-size study (§4, the table varying the kernels per stage): RepLKNet-31B widths and
+# depths, kernels per stage varied.
+# 3-3-3-3 has no parallel small kernel (a 5×5 cannot be merged into a 3×3); the others train with 5×5.
+#   kernels per stage
+KERNEL_SIZE_STUDY = (
+    (3, 3, 3, 3),
+    (7, 7, 7, 7),
+    (13, 13, 13, 13),
+    (25, 25, 25, 13),
+    (31, 29, 27, 13),
+)
+for _k in KERNEL_SIZE_STUDY:
+    _c = _cfg(_k, (128, 256, 512, 1024), small_kernel=5 if min(_k) > 5 else None)
+    _VARIANTS["replknet_31b_k" + "_".join(map(str, _k))] = (_c, 224)
 for _name, (_c, _size) in _VARIANTS.items():
-    register_model(_name, RepLKNet, _c, family="replknet", input_size=_size)
+    register_model(_name, RepLKNet, _c, input_size=_size)

@@ -31,6 +31,7 @@ from ..layers import (
     ClassifierHead,
     ConvBN,
     DropPath,
+    SqueezeExcite,
     drop_path_rates,
     fuse_conv_bn_tensors,
     identity_kernel,
@@ -39,6 +40,8 @@ from ..layers import (
 from ..layers.reparam import merged_conv
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
+
+BRANCHES = ("3x3", "1x1", "identity")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,7 +61,21 @@ class RepVGGConfig(ModelConfig):
     groups: int = 1
     use_se: bool = False  # squeeze-excite before the ReLU in every block (RepVGG-D2se)
     se_reduction: int = 16
+    # ablation switches (paper Table 6 and Table 7): the branches a block trains with, any subset of
+    # BRANCHES that has a conv; and the identity branch with its BatchNorm or as a bare x ("Identity w/o BN")
+    branches: tuple[str, ...] = ("3x3", "1x1", "identity")
+    identity_bn: bool = True
     deploy: bool = False  # build the fused (re-parameterized) form directly
+
+    def __post_init__(self) -> None:
+        bad = [b for b in self.branches if b not in BRANCHES]
+        if bad or len(set(self.branches)) != len(self.branches):
+            raise ConfigError(f"branches must be distinct names from {BRANCHES}, got {self.branches}")
+        if not {"3x3", "1x1"} & set(self.branches):
+            raise ConfigError(
+                f"branches={self.branches} has no conv: a block that changes width or resolution needs the "
+                "3x3 or the 1x1 branch"
+            )
 
     def stage_widths(self) -> tuple[int, ...]:
         """Output channels of stages 0–4; ``int()`` truncates as in the official code."""
@@ -71,25 +88,6 @@ class RepVGGConfig(ModelConfig):
             )
         widths = tuple(int(base * m) for base, m in zip((64, 128, 256, 512), wm))
         return (min(64, int(64 * wm[0])), *widths)
-
-
-class SqueezeExcite(nn.Module):
-    """Squeeze-and-excitation as RepVGG-D2se uses it: mean pool -> 1×1 (C/r) -> ReLU -> 1×1 (C) -> sigmoid.
-
-    Both 1×1 convs have biases. The official ``SEBlock`` pools with ``avg_pool2d(kernel=W)``, which equals
-    this global mean for the square inputs it was built for.
-    """
-
-    def __init__(self, channels: int, hidden: int) -> None:
-        super().__init__()
-        self.reduce = nn.Conv2d(channels, hidden, 1)
-        self.act = nn.ReLU(inplace=True)
-        self.expand = nn.Conv2d(hidden, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True)
-        s = self.expand(self.act(self.reduce(s)))
-        return x * s.sigmoid()
 
 
 class RepVGGBlock(nn.Module):
@@ -109,6 +107,8 @@ class RepVGGBlock(nn.Module):
         se_hidden: int = 0,
         drop_path: float = 0.0,
         deploy: bool = False,
+        branches: tuple[str, ...] = BRANCHES,
+        identity_bn: bool = True,
     ) -> None:
         super().__init__()
         if in_chs % groups or out_chs % groups:
@@ -120,14 +120,16 @@ class RepVGGBlock(nn.Module):
         self.reparam_conv: nn.Conv2d | None = None
         self.conv_3x3: ConvBN | None = None
         self.conv_1x1: ConvBN | None = None
-        self.identity: nn.BatchNorm2d | None = None
+        self.identity: nn.BatchNorm2d | nn.Identity | None = None
         if deploy:
             self.reparam_conv = self._fused_conv()
         else:
-            self.conv_3x3 = ConvBN(in_chs, out_chs, 3, stride, padding=1, groups=groups)
-            self.conv_1x1 = ConvBN(in_chs, out_chs, 1, stride, padding=0, groups=groups)
-            if in_chs == out_chs and stride == 1:
-                self.identity = nn.BatchNorm2d(in_chs)
+            if "3x3" in branches:
+                self.conv_3x3 = ConvBN(in_chs, out_chs, 3, stride, padding=1, groups=groups)
+            if "1x1" in branches:
+                self.conv_1x1 = ConvBN(in_chs, out_chs, 1, stride, padding=0, groups=groups)
+            if "identity" in branches and in_chs == out_chs and stride == 1:
+                self.identity = nn.BatchNorm2d(in_chs) if identity_bn else nn.Identity()
         has_drop = drop_path > 0 and self.identity is not None
         self.drop_path = DropPath(drop_path) if has_drop else nn.Identity()
         self.se = SqueezeExcite(out_chs, se_hidden) if se_hidden else nn.Identity()
@@ -139,7 +141,8 @@ class RepVGGBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reparam_conv is not None:
             return self.act(self.se(self.reparam_conv(x)))
-        out = self.drop_path(self.conv_3x3(x) + self.conv_1x1(x))
+        convs = [branch(x) for branch in (self.conv_3x3, self.conv_1x1) if branch is not None]
+        out = self.drop_path(convs[0] + convs[1] if len(convs) == 2 else convs[0])
         if self.identity is not None:
             out = out + self.identity(x)
         return self.act(self.se(out))
@@ -148,18 +151,21 @@ class RepVGGBlock(nn.Module):
         """The single 3×3 kernel and bias equal to the three branches in eval mode (§3.3).
 
         The 1×1 kernel is zero-padded to the 3×3 centre; the identity is the grouped identity kernel
-        ``I[c, c mod (C/g), 1, 1] = 1`` passed through its BN. Pure and differentiable (no in-place ops),
+        ``I[c, c mod (C/g), 1, 1] = 1`` passed through its BN (or taken as is without one). Absent
+        branches (``branches`` switch) contribute nothing. Pure and differentiable (no in-place ops),
         so it can also serve regularizers on the equivalent kernel.
         """
         if self.reparam_conv is not None:
             return self.reparam_conv.weight, self.reparam_conv.bias
-        kernel, bias = self.conv_3x3.equivalent_kernel_bias()
-        k1, b1 = self.conv_1x1.equivalent_kernel_bias()
-        kernel, bias = kernel + pad_kernel_to(k1, 3), bias + b1
+        parts = [conv.equivalent_kernel_bias() for conv in (self.conv_3x3, self.conv_1x1) if conv is not None]
+        kernel = sum(pad_kernel_to(k, 3) for k, _ in parts)
+        bias = sum(b for _, b in parts)
         if self.identity is not None:
             eye = identity_kernel(self.in_chs, self.groups, 3, dtype=kernel.dtype, device=kernel.device)
-            ki, bi = fuse_conv_bn_tensors(eye, self.identity)
-            kernel, bias = kernel + ki, bias + bi
+            if isinstance(self.identity, nn.BatchNorm2d):
+                eye, bi = fuse_conv_bn_tensors(eye, self.identity)
+                bias = bias + bi
+            kernel = kernel + eye
         return kernel, bias
 
     def reparameterize(self) -> None:
@@ -208,6 +214,8 @@ class RepVGG(ModelBase):
                     se_hidden=width // cfg.se_reduction if cfg.use_se else 0,
                     drop_path=dpr[layer],
                     deploy=cfg.deploy,
+                    branches=cfg.branches,
+                    identity_bn=cfg.identity_bn,
                 ))
                 prev, layer = width, layer + 1
             stages.append(nn.Sequential(*blocks))
@@ -250,7 +258,6 @@ for _name, _c in _VARIANTS.items():
         _name,
         RepVGG,
         _c,
-        family="repvgg",
         test_input_size=320 if _name == "repvgg_d2se" else None,
         in_timm=_name not in _NOT_IN_TIMM,
     )
