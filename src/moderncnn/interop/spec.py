@@ -241,7 +241,8 @@ def read_spec(path: str | Path) -> ModelSpec:
     """The :class:`ModelSpec` of a weight file, a JSON description or a run folder.
 
     Looks, in order, at the spec in the file's own safetensors metadata, the JSON beside it
-    (``X.json``), older moderncnn metadata in the file, and the folder's ``config.json``.
+    (``X.json``), older moderncnn metadata in the file, and the folder's ``config.json``; a
+    :class:`CheckpointError` says where it looked when none of them describes the model.
     """
     return read_description(path)[0]
 
@@ -252,19 +253,32 @@ def read_extra(path: str | Path) -> dict[str, Any]:
 
 
 def read_description(path: str | Path) -> tuple[ModelSpec, dict[str, Any]]:
-    """``(spec, extra)`` of ``path``; a :class:`CheckpointError` listing where it looked if none is found."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path} does not exist")
+    """``(spec, extra)`` of ``path`` (see :func:`read_spec`)."""
     looked: list[str] = []
-    for where, doc in _documents(path, looked):
-        found = _parse(doc, where)
-        if found is not None:
-            return found
-    raise CheckpointError(
+    found = find_description(path, looked)
+    if found is None:
+        raise missing_description(path, looked)
+    return found
+
+
+def missing_description(path: str | Path, looked: list[str]) -> CheckpointError:
+    """The error for a model nothing describes, naming the places searched."""
+    return CheckpointError(
         f"cannot tell which model {path} holds: nothing describes it (looked in {', '.join(looked)}); "
         "pass the model name (--model NAME)"
     )
+
+
+def find_description(path: str | Path, looked: list[str] | None = None) -> tuple[ModelSpec, dict] | None:
+    """``(spec, extra)`` of ``path``, or None when nothing describes it (a corrupt description still raises)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    for where, doc in _documents(path, [] if looked is None else looked):
+        found = _parse(doc, where)
+        if found is not None:
+            return found
+    return None
 
 
 def _documents(path: Path, looked: list[str]):
@@ -352,7 +366,8 @@ def _from_fused_sidecar(d: Mapping[str, Any]) -> tuple[ModelSpec, dict]:
 
 
 def _from_run_config(d: Mapping[str, Any]) -> tuple[ModelSpec, dict]:
-    """A training run's ``config.json``: model, model_kwargs, num_classes, in_chans (train form)."""
+    """A training run's ``config.json``: model, model_kwargs, num_classes, in_chans (train form; all but
+    ``model`` optional)."""
     rest, heads, deploy = _split_overrides(d["model"], d.get("model_kwargs") or {})
     heads.update({k: d[k] for k in ("num_classes", "in_chans") if k in d})
     return ModelSpec(d["model"], rest, form="reparameterized" if deploy else "train", **heads), {}
@@ -392,7 +407,7 @@ _LEGACY: tuple[tuple[Callable[[Mapping], bool], Callable[[Mapping], tuple[ModelS
     (lambda d: "fused_with" in d and "model" in d, _from_train_deploy),
     (lambda d: d.get("format") == "moderncnn-deploy" and "config" in d, _from_train_deploy_metadata),
     (lambda d: d.get("format") == "moderncnn-weights" and "model_config" in d, _from_checkpoint_metadata),
-    (lambda d: "model" in d and "model_kwargs" in d, _from_run_config),
+    (lambda d: isinstance(d.get("model"), str) and "format" not in d, _from_run_config),
 )
 
 
@@ -400,6 +415,8 @@ __all__ = [
     "FORMS",
     "ModelSpec",
     "detect_form",
+    "find_description",
+    "missing_description",
     "read_description",
     "read_extra",
     "read_spec",
