@@ -164,7 +164,7 @@ def check_device(name: str | None) -> Any:
         raise ConfigError(f"--device {name!r} is not a device; expected cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: this machine has no usable CUDA device "
+            raise ConfigError(f"--device {name}: this machine has no CUDA device "
                               "(torch.cuda.is_available() is False); use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "

@@ -296,7 +296,10 @@ def read_yaml(path: str | Path, *, where: str | None = None) -> dict[str, Any]:
 
 def load_recipe(name: str) -> dict[str, Any]:
     """The options of recipe ``name`` (a packaged recipe name, or a path to a YAML file)."""
-    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+    if name.endswith((".yaml", ".yml")) or "/" in name:  # a path, not a packaged recipe name
+        if not Path(name).is_file():
+            raise ConfigError(f"recipe file {name} does not exist (a path ending in .yaml is read as a file; "
+                              f"packaged recipes are named without it: {', '.join(list_recipes())})")
         return read_yaml(name)
     valid = list_recipes()
     if name not in valid:
