@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from moderncnn.cli import build_parser, main
+from moderncnn.data.transforms import TIMM_OPS, rand_augment
 from moderncnn.errors import ConfigError
 from moderncnn.training.cli import config_from_args
-from moderncnn.training.config import from_dict, list_recipes, load_recipe, parse_aa
+from moderncnn.training.config import from_dict, list_recipes, load_recipe
 
 RECIPES = ["convnext", "efficientnetv2_l", "efficientnetv2_m", "efficientnetv2_s", "fashion-mnist", "mobilenext",
            "replknet", "repvgg", "repvgg_200ep"]
@@ -45,7 +46,11 @@ def test_every_recipe_loads_and_matches_the_reference_numbers():
     lk = cfgs["replknet"]  # §4.4
     assert (lk.epochs, lk.warmup_epochs, lk.drop_path, lk.min_lr) == (300, 10, 0.5, 1e-6)
     assert lr_at(lk, 2048) == pytest.approx(4e-3)
-    assert parse_aa(c.aa) == {"m": 9.0, "n": 2.0, "mstd": 0.5, "inc": 1.0}
+    ra = rand_augment(c.aa)  # m9, n2 (timm's default), mstd 0.5, inc1; p and mmax at timm's defaults
+    assert (ra.magnitude, ra.num_ops, ra.magnitude_std, ra.increasing) == (9.0, 2, 0.5, True)
+    assert (ra.prob, ra.max_magnitude, ra.ops) == (0.5, 10.0, TIMM_OPS)
+    # the EfficientNetV2 recipes clip at their largest progressive magnitude, not timm's default 10
+    assert [rand_augment(cfgs[f"efficientnetv2_{v}"].aa).max_magnitude for v in "sml"] == [10, 15, 20]
 
 
 def test_flags_override_the_recipe_and_drop_path_follows_the_model_size():

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from moderncnn import create_model
 from moderncnn.data.datasets import TensorImageDataset
 from moderncnn.errors import CheckpointError
+from moderncnn.interop.spec import read_description
 from moderncnn.training.config import TrainConfig, from_dict
 from moderncnn.training.scheduler import LRSchedule
 from moderncnn.training.trainer import Callback, TrainingDivergedError, train
@@ -173,8 +174,9 @@ def test_run_folder_files_and_fused_deploy_model(tmp_path):
     for name in ("last.safetensors", "last_ema.safetensors", "last.state.pt", "best.safetensors"):
         assert (run / name).is_file(), name
     # the deploy model: RepVGG fuses exactly into create_model(..., deploy=True)
-    info = json.loads((run / "model_deploy.json").read_text())
-    assert info["fused_with"] == "reparameterize_model" and info["model_kwargs"]["deploy"] is True
+    spec, info = read_description(run / "model_deploy.safetensors")
+    assert spec.form == "reparameterized" and spec.build().cfg.deploy is True  # loads into deploy=True
+    assert (run / "model_deploy.json").is_file() and read_description(run / "model_deploy.json")[0] == spec
     assert info["rel_err"] < 1e-5 and info["train_ms"] > 0 and info["deploy_ms"] > 0
     deployed = create_model("repvgg_a0", num_classes=4, in_chans=1, deploy=True,
                             **{k: tuple(v) for k, v in kwargs.items()})
