@@ -32,7 +32,7 @@ from ..layers import (
     ConvBN,
     DropPath,
     drop_path_rates,
-    fuse_conv_bn_tensors,
+    fold_bn,
     identity_kernel,
     pad_kernel_to,
 )
@@ -158,7 +158,7 @@ class RepVGGBlock(nn.Module):
         kernel, bias = kernel + pad_kernel_to(k1, 3), bias + b1
         if self.identity is not None:
             eye = identity_kernel(self.in_chs, self.groups, 3, dtype=kernel.dtype, device=kernel.device)
-            ki, bi = fuse_conv_bn_tensors(eye, self.identity)
+            ki, bi = fold_bn(eye, self.identity)
             kernel, bias = kernel + ki, bias + bi
         return kernel, bias
 
