@@ -164,3 +164,60 @@ def test_class_lists_and_counts_that_disagree_are_refused_or_warned():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_eval_classes(2, _Named("ab"))
+
+
+# -- weights: EMA asked for where there is none, pickles that would run code ------------------------------
+def _tiny(seed):
+    from moderncnn import create_model
+
+    torch.manual_seed(seed)
+    return create_model("convnext_atto", depths=(1, 1), dims=(8, 16), num_classes=3).eval()
+
+
+def test_fuse_ema_uses_the_ema_weights_and_refuses_a_run_without_them(tmp_path, capsys):
+    from moderncnn.cli import main
+    from moderncnn.deploy.export import load_checkpoint_model
+    from moderncnn.interop.spec import save_weights
+
+    raw, ema = _tiny(0), _tiny(1)
+    save_weights(raw, tmp_path / "run" / "best.safetensors")
+    save_weights(ema, tmp_path / "run" / "best_ema.safetensors")
+    x = torch.randn(2, 3, 32, 32)
+    outputs = {}
+    for flags in ([], ["--ema"]):
+        out = tmp_path / f"fused{len(flags)}.safetensors"
+        assert main(["fuse", str(tmp_path / "run"), "--out", str(out), "--bench-rounds", "0", *flags]) == 0
+        with torch.no_grad():
+            outputs[bool(flags)] = load_checkpoint_model(out).eval()(x)
+    with torch.no_grad():
+        assert torch.allclose(outputs[False], raw(x), atol=1e-5) and torch.allclose(outputs[True], ema(x), atol=1e-5)
+    assert not torch.allclose(outputs[False], outputs[True], atol=1e-3)
+    (tmp_path / "run" / "best_ema.safetensors").unlink()
+    capsys.readouterr()
+    assert main(["fuse", str(tmp_path / "run"), "--out", str(tmp_path / "f.safetensors"), "--ema"]) == 2
+    err = capsys.readouterr().err
+    assert "no EMA weights beside" in err and "leave out --ema" in err and not (tmp_path / "f.safetensors").exists()
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this would have run",))
+
+
+@pytest.mark.parametrize("content,message", [
+    ({"state_dict": {"w": torch.zeros(1)}, "hook": _RunsCode()}, "holds pickled Python objects besides tensors"),
+    ({"state_dict": {"w": torch.zeros(1)}}, "holds no EMA weights"),
+])
+def test_weight_files_that_hold_code_or_lack_ema_are_refused_with_what_to_do(tmp_path, capsys, content, message):
+    from moderncnn.interop import read_state_dict
+
+    path = tmp_path / "w.pth"
+    torch.save(content, path)
+    with pytest.raises(ModernCNNError, match=message) as err:
+        read_state_dict(path, use_ema=True)
+    assert "this would have run" not in capsys.readouterr().out
+    if "pickled" in message:
+        assert "moderncnn never runs code from a checkpoint" in str(err.value)
+        assert "safetensors" in str(err.value)
+    with pytest.raises(ModernCNNError, match="is a folder; expected one checkpoint file"):
+        read_state_dict(tmp_path)

@@ -208,6 +208,20 @@ def check_output_file(path: str | os.PathLike, what: str = "--out") -> Path:
     return path
 
 
+def parse_kv(text: str, flag: str = "--model-kwargs") -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as YAML (so JSON too): ``depths=[1,1]``, ``deploy=true``, ``act=gelu``."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{flag}: expected key=value, got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"{flag} {text}: the value is not valid YAML/JSON ({reason})") from None
+
+
 # -- argparse ------------------------------------------------------------------------------------------
 def arg(rule: Number | Choice | Text) -> Callable[[str], Any]:
     """An argparse ``type`` that checks a flag's value with ``rule`` (the error says the valid range)."""
@@ -227,4 +241,4 @@ NON_NEGATIVE_INT = Number(0, integer=True)
 IMG_SIZE = Number(1, 16384, integer=True, optional=True)
 
 __all__ = ["Choice", "Flag", "IMG_SIZE", "NON_NEGATIVE_INT", "Number", "POSITIVE_INT", "Text", "Tuple", "arg",
-           "check_device", "check_output_dir", "check_output_file"]
+           "check_device", "parse_kv", "check_output_dir", "check_output_file"]

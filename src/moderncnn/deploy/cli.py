@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import ConfigError
+
 # timm benchmark.py's --precision names for autocast (its pure float16/bfloat16 casts are not offered here)
 _TIMM_PRECISION = {"float32": "fp32", "amp": "fp16", "amp_float16": "fp16", "amp_bfloat16": "bf16"}
 
@@ -48,7 +50,10 @@ def _bench(args: argparse.Namespace) -> int:
     names = []
     for pattern in models:  # shell patterns allowed: 'repvgg_a*'
         found = list_models(pattern) if any(c in pattern for c in "*?[") else [pattern]
+        if not found:
+            raise ConfigError(f"no model matches {pattern!r}; `moderncnn list` shows the names")
         names += found
+    _check_batch_fits(args.batch, args.img_size or 224)
     env = environment()
     print(" ".join(f"{k}={v}" for k, v in env.items()))
     print(HEADER)
@@ -62,6 +67,21 @@ def _bench(args: argparse.Namespace) -> int:
         paths = write_results(rows, args.out, meta)
         print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _check_batch_fits(batch: int, size: int) -> None:
+    """Refuse a batch whose input tensor alone does not fit in this machine's memory (the activations need
+    many times more); a CUDA out-of-memory error is answered by ``moderncnn``'s error path."""
+    import os
+
+    need = batch * 3 * size * size * 4
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not every system reports it
+        return
+    if need > have:
+        raise ConfigError(f"-b {batch} at {size} px does not fit in memory: the input batch alone needs "
+                          f"{need / 2**30:.1f} GiB and this machine has {have / 2**30:.1f} GiB; lower -b")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

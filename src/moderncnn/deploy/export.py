@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from ..errors import CheckpointError, ConfigError, InputShapeError
+from ..errors import CheckpointError, ConfigError, InputShapeError, UnknownModelError
 from ..interop import load_weights
-from ..interop.spec import ModelSpec, find_description, missing_description, read_extra, save_weights
+from ..interop.spec import WEIGHT_SUFFIXES, ModelSpec, find_description, missing_description, read_extra, save_weights
 from .fuse import fuse, is_fused
 
 FORMATS = ("onnx", "torch-export", "safetensors")
@@ -90,6 +90,15 @@ def load_checkpoint_model(
         raise missing_description(path, looked)
     if num_classes is not None:
         spec = dataclasses.replace(spec, num_classes=num_classes)
+    if use_ema and weights.suffix == ".safetensors":
+        # a training run keeps its EMA weights beside the raw ones: TAG_ema.safetensors next to TAG.safetensors
+        ema = weights.with_name(weights.name.removesuffix(".safetensors").removesuffix("_ema") + "_ema.safetensors")
+        if not ema.is_file():
+            raise CheckpointError(
+                f"--ema: there are no EMA weights beside {weights} (no {ema.name}; the run was trained without "
+                f"--model-ema); leave out --ema to use {weights.name}"
+            )
+        weights, use_ema = ema, False
     model = spec.build()
     load_weights(model, weights, layout="native" if spec.form == "fused" else "auto", use_ema=use_ema)
     return model
@@ -101,10 +110,18 @@ def resolve_model(source: nn.Module | str | Path, model_name: str | None = None,
         return source
     from ..registry import list_models
 
-    if isinstance(source, str) and source in list_models() and not Path(source).exists():
-        from ..factory import create_model
+    if isinstance(source, str) and not Path(source).exists():
+        if source in list_models():
+            from ..factory import create_model
 
-        return create_model(source, **{k: v for k, v in kwargs.items() if k == "num_classes" and v is not None})
+            return create_model(source, **{k: v for k, v in kwargs.items() if k == "num_classes" and v is not None})
+        if Path(source).suffix not in WEIGHT_SUFFIXES and "/" not in source:  # reads as a model name
+            from ..registry import get_entry
+
+            try:
+                get_entry(source)
+            except UnknownModelError as exc:
+                raise UnknownModelError(f"{source!r} is neither a file nor a registered model: {exc}") from None
     return load_checkpoint_model(source, model_name, **kwargs)
 
 

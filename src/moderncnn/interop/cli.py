@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..validation import parse_kv
 from . import load_weights
 from .spec import ModelSpec, save_weights
 
 
 def _convert(args: argparse.Namespace) -> int:
-    overrides = {}
-    for item in args.model_kwargs or []:
-        key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value[:1] in "[{0123456789-tf" else value
+    overrides = dict(parse_kv(item, "--model-kwargs") for item in args.model_kwargs or [])
     dst = Path(args.dst)
     if dst.suffix != ".safetensors":
         raise CheckpointError(f"DST must end in .safetensors, got {dst}")
