@@ -115,6 +115,13 @@ def test_nothing_describes_the_file(tmp_path):
     (tmp_path / "w.json").write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match="newer moderncnn"):
         read_spec(tmp_path / "w.safetensors")
+    doc = {"format": "moderncnn-spec", "version": 1, "spec": {"name": "convnext_atto", "form": "deploy"}}
+    (tmp_path / "w.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=r"w\.json: model description: form 'deploy'"):
+        read_spec(tmp_path / "w.safetensors")
+    doc["spec"] = {"name": "convnext_atto"}  # head and channels default to the variant's
+    (tmp_path / "w.json").write_text(json.dumps(doc))
+    assert read_spec(tmp_path / "w.safetensors") == ModelSpec("convnext_atto", {}, 1000, 3)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_spec(tmp_path / "absent.safetensors")
 

@@ -157,7 +157,10 @@ class ModelSpec:
             )
         if "num_classes" not in d or "in_chans" not in d:
             d = {**_variant_defaults(d["name"]), **d}
-        return cls(**d)
+        try:
+            return cls(**{"overrides": {}, **d})
+        except ConfigError as exc:
+            raise CheckpointError(f"{where}: {exc}") from None
 
 
 def detect_form(model: nn.Module) -> str:
