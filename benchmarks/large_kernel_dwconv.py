@@ -5,7 +5,7 @@ Op rows: RepLKNet-31B stage shapes (batch 64: 128@56², 256@28², 512@14², 1024
 (the faster one is the baseline), ours on NCHW and on channels_last input, forward and
 forward+backward (grad input, weight, bias). "floor" is the arithmetic floor 2·B·C·H·W·k² operations
 (x3 with backward) at the card's non-tensor rate (H100 SXM: 66.9 TFLOP/s float32, 133.8 bfloat16,
-``performance.md`` A22); "%floor" = floor / measured.
+from NVIDIA's H100 Tensor Core GPU architecture whitepaper); "%floor" = floor / measured.
 
 Model rows: one RepLKNet-31B training step (batch 64, 224², bf16 autocast, channels_last, SGD) with
 ``moderncnn.kernels`` set to "torch" (F.conv2d everywhere) and to "auto" (our dispatch).
@@ -36,7 +36,7 @@ from moderncnn.deploy.bench import time_rotating
 STAGES = [(128, 56), (256, 28), (512, 14), (1024, 7)]
 KERNELS = [3, 5, 7, 13, 27, 31]
 DTYPES = [torch.float32, torch.bfloat16]
-# non-tensor (CUDA-core) rates of an H100 SXM, performance.md A22
+# non-tensor (CUDA-core) rates of an H100 SXM (NVIDIA H100 Tensor Core GPU architecture whitepaper)
 PEAK_TFLOPS = {torch.float32: 66.9, torch.bfloat16: 133.8, torch.float16: 133.8}
 
 

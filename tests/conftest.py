@@ -44,7 +44,7 @@ def _seed():
 
 
 def randomize_bn(model: torch.nn.Module, batches: int = 2, input_size: int = 64, seed: int = 0) -> None:
-    """Calibrate BatchNorm statistics so no fusion test passes by accident (STYLE.md).
+    """Calibrate BatchNorm statistics so no fusion test passes by accident (a fresh BatchNorm is an identity).
 
     Random affine parameters, then running statistics gathered from a few random batches in train mode
     (momentum None = cumulative average), then back to eval mode.
