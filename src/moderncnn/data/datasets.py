@@ -19,6 +19,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "ImageFolderDataset",
     "TensorImageDataset",
+    "bad_images",
     "check_eval_classes",
     "check_splits",
     "dataset_key",
@@ -383,6 +385,17 @@ def load_splits(name: str = "fashion-mnist", *, data_dir: str | None = None, dow
                        classes=getattr(train, "classes", None), skip_bad_images=skip_bad_images)
     check_splits(train, val)
     return train, val
+
+
+def bad_images(dataset: Any) -> list[str]:
+    """The image files skipped so far by ``dataset`` or the dataset it wraps (``.base``/``.dataset``)."""
+    seen = set()
+    while dataset is not None and id(dataset) not in seen:
+        seen.add(id(dataset))
+        if hasattr(dataset, "bad_images"):
+            return dataset.bad_images()
+        dataset = getattr(dataset, "base", None) or getattr(dataset, "dataset", None)
+    return []
 
 
 def check_eval_classes(num_classes: int, dataset: Dataset, source: str = "the model") -> None:

@@ -23,7 +23,7 @@ from ..data.mixup import MixupCutmix
 from ..errors import ConfigError
 from .checkpoint import atomic_write_text
 from .config import TrainConfig, resolve_drop_path
-from .distributed import DistInfo, broadcast_object
+from .distributed import DistInfo
 from .progressive import ProgressiveSchedule, schedule_for
 from .scheduler import LRSchedule
 
@@ -46,15 +46,19 @@ class RunData:
 def build_data(cfg: TrainConfig, train: Dataset | None = None, val: Dataset | None = None) -> RunData:
     """The run's data: ``train``/``val`` (or the configured data set), the progressive schedule, and the
     training/eval transforms at the sizes and statistics the configuration asks for."""
-    from ..data.datasets import load_dataset
+    from ..data.datasets import check_splits, load_splits
     from ..data.transforms import build_eval_transform, build_train_transform, resolve_mean_std
 
-    if train is None:
-        train = load_dataset(cfg.dataset, data_dir=cfg.data_dir, split="train", download=cfg.download)
-    if val is None:
-        val = load_dataset(cfg.dataset, data_dir=cfg.data_dir, split="val", download=cfg.download)
+    if train is None or val is None:
+        loaded = load_splits(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
+                             skip_bad_images=cfg.skip_bad_images)
+        train, val = train or loaded[0], val or loaded[1]
     if len(train) == 0 or len(val) == 0:
         raise ConfigError(f"the {'training' if len(train) == 0 else 'validation'} set of {cfg.dataset!r} is empty")
+    check_splits(train, val)
+    if cfg.num_classes is not None and cfg.num_classes < train.num_classes:
+        raise ConfigError(f"--num-classes {cfg.num_classes} is fewer than the {train.num_classes} classes of the "
+                          f"training data (labels 0 to {train.num_classes - 1}); leave it out to use the data's")
     prog = None
     if cfg.progressive:
         prog = schedule_for(cfg.model, cfg.epochs, cfg.progressive, num_stages=cfg.prog_stages,
@@ -66,6 +70,9 @@ def build_data(cfg: TrainConfig, train: Dataset | None = None, val: Dataset | No
     eval_img_size = cfg.eval_img_size or (max(s.img_size for s in prog.stages) if prog else img_size)
     mean, std = (tuple(cfg.mean), tuple(cfg.std)) if cfg.mean and cfg.std else resolve_mean_std(cfg.dataset)
     in_chans = cfg.in_chans or train.in_chans
+    if len(mean) not in (1, in_chans):
+        raise ConfigError(f"--mean/--std give {len(mean)} values for {in_chans}-channel input; give one per "
+                          "channel (or one for all)")
     chans = dict(in_chans=in_chans, source_chans=train.in_chans, mean=mean, std=std)
     train_transform = build_train_transform(
         img_size, crop=cfg.train_crop, scale=tuple(cfg.scale), hflip=cfg.hflip, aa=cfg.aa,
@@ -136,21 +143,14 @@ def _prog_ranges(cfg: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in ranges.items() if v is not None}
 
 
-def prepare_run_dir(cfg: TrainConfig, dist: DistInfo, model: nn.Module, prog: ProgressiveSchedule | None,
-                    note: str) -> Path:
-    """Create the run folder (``--output``, the resumed run's, or ``runs/<model>-<time>``) with the resolved
-    ``config.yaml``, the model description ``config.json`` that rebuilds ``last``/``best``, and
-    ``progressive.png``. Every process gets the path; only rank 0 writes."""
+def prepare_run_dir(run_dir: Path, cfg: TrainConfig, dist: DistInfo, model: nn.Module,
+                    prog: ProgressiveSchedule | None, note: str) -> Path:
+    """Write the run folder's resolved ``config.yaml``, the model description ``config.json`` that rebuilds
+    ``last``/``best``, and ``progressive.png`` (rank 0), once ``run_dir.claim_run_dir`` has taken the folder."""
     from ..interop.spec import ModelSpec, write_spec
 
-    run_dir = Path(cfg.output) if cfg.output else None
-    if run_dir is None and cfg.resume:
-        run_dir = Path(cfg.resume) if Path(cfg.resume).is_dir() else Path(cfg.resume).parent
-    run_dir = run_dir or Path("runs") / f"{cfg.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(broadcast_object(str(run_dir), dist))
     if not dist.is_primary:
         return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     resolved = dict(cfg.to_dict(), output=str(run_dir), resume=None)
     header = (f"# moderncnn train: resolved config ({datetime.now().isoformat(timespec='seconds')}, "
               f"world size {dist.world_size}, {note})\n")

@@ -14,18 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from ..errors import ConfigError
+from ..validation import parse_kv
 from .config import TrainConfig, from_dict, list_recipes, load_recipe, read_yaml
 
 _BOOL = argparse.BooleanOptionalAction
 
 
 def _kv(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return parse_kv(text, "--model-kwargs")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--model-kwargs: ").removeprefix("--model-kwargs ")
+                                         ) from None
 
 
 # (flags, config field, argparse options) in timm's order and spelling
@@ -100,6 +102,9 @@ _TRAIN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--eval-interval",), "eval_interval", dict(type=int)),
     (("--plots",), "plots", dict(action=_BOOL, help="draw curves.png (default on)")),
     (("--fuse",), "fuse", dict(action=_BOOL, help="write the fused deploy model at the end (default on)")),
+    (("--overwrite",), "overwrite", dict(action="store_true", help="replace the run already in --output")),
+    (("--skip-bad-images",), "skip_bad_images", dict(action="store_true",
+                                                     help="skip (and count) image files that cannot be decoded")),
 ]
 
 
@@ -118,10 +123,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if recipe:
         values.update(load_recipe(recipe))
     elif resume:
-        run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        from .run_dir import resume_folder
+
+        run_dir = resume_folder(resume)
         if (run_dir / "config.yaml").is_file():
             values.update(read_yaml(run_dir / "config.yaml"))
             values.pop("max_steps", None)  # the stop that ended the earlier run is not this run's
+            values.pop("output", None)  # the folder resumed is the folder written (a copied run writes the copy)
     for _, dest, _ in _TRAIN_FLAGS:
         if hasattr(args, dest):
             v = getattr(args, dest)
@@ -135,7 +143,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from .trainer import train
 
     result = train(config_from_args(args))
-    return 130 if result.interrupted else 0
+    return 128 + (result.stop_signal or 2) if result.interrupted else 0  # 130 after Ctrl-C, 143 after SIGTERM
 
 
 # -- eval --------------------------------------------------------------------------------------------

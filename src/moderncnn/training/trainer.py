@@ -1,15 +1,13 @@
 """The training loop: ``train(TrainConfig) -> TrainResult``.
 
-:meth:`Trainer.setup` builds everything (data from ``data.assembly``, the model, optimizer, per-step
-learning-rate schedule, EMA, mixup and, for EfficientNetV2, the progressive schedule of Tan & Le, ICML
-2021, §4); :meth:`Trainer.run` is the loop: for each epoch, apply the progressive stage, then for each
-batch take an optimizer step and log; evaluate at the end of the epoch and save ``last``/``best``; at the
-end write the deploy form (``deploy.deploy_model``: fuse, compare, time, write).
+:meth:`Trainer.setup` builds everything (``training.build``: data, model, schedules, mixup; the progressive
+schedule of EfficientNetV2, Tan & Le, ICML 2021, §4); :meth:`Trainer.run` is the loop: for each epoch, apply
+the progressive stage, then for each batch take an optimizer step and log; evaluate, save ``last``/``best``;
+at the end write the deploy form (``deploy.deploy_model``: fuse, compare, time, write).
 
-Reproducibility is exact on CPU: the data order of epoch ``e`` depends only on ``seed + e``, each
-sample's augmentation only on ``(seed, e, index)`` (``data.assembly.sample_key``), and a checkpoint stores
-the optimizer, counters and the RNG states of every process. Training N steps straight, or k steps, stop,
-resume, and train to N, gives bit-identical weights; a mid-epoch resume skips the batches already used.
+Reproducibility is exact on CPU: epoch ``e``'s data order depends only on ``seed + e``, each sample's
+augmentation only on ``(seed, e, index)`` (``data.assembly.sample_key``), and a checkpoint stores the optimizer,
+counters and every process's RNG, so k steps, stop, resume to N gives the weights of N steps straight.
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
+from ..data.datasets import bad_images
 from ..errors import ConfigError, ModernCNNError
 from . import checkpoint as ckpt_io
 from .build import model_config, seed_all
@@ -53,6 +52,7 @@ class TrainResult:
     interrupted: bool = False
     deploy: dict[str, Any] | None = None
     train_time: float = 0.0  # seconds spent in training epochs (no eval, no export)
+    stop_signal: int | None = None  # the signal that stopped the run (SIGINT, SIGTERM), if one did
 
 
 class Callback:
@@ -86,6 +86,7 @@ class Trainer:
         self.last_eval: tuple[float | None, float | None] = (None, None)  # (raw, EMA) top-1 of the last eval
         self.last_lr = 0.0
         self._stop_requested = False
+        self._stop_signal: int | None = None
         self._last_saved_step: int | None = None
         self._resume_rng: dict[str, Any] | None = None
 
@@ -98,6 +99,7 @@ class Trainer:
         from .build import build_data, build_mixup, build_model, build_schedule, prepare_run_dir
         from .ema import ModelEma
         from .optim import create_optimizer
+        from .run_dir import claim_run_dir
 
         cfg = self.cfg
         self.dist: DistInfo = init_distributed(cfg.device)
@@ -111,7 +113,6 @@ class Trainer:
         self.run_data = build_data(cfg, *self.datasets)
         self.data, self.progressive = self.run_data.data, self.run_data.progressive
         self.train_transform, self.num_classes = self.data.train_transform, self.run_data.num_classes
-        self.img_size = self.train_transform.img_size
         model = build_model(cfg, self.run_data, self.dist)
         self.model = model.to(self.device, memory_format=torch.channels_last if cfg.channels_last
                               else torch.preserve_format)
@@ -136,10 +137,12 @@ class Trainer:
         self.val_loader = DataLoader(self.data.val_set, batch_size=max(1, cfg.batch_size), num_workers=cfg.workers,
                                      sampler=list(range(len(self.data.val_set)))[self.dist.rank::self.dist.world_size],
                                      pin_memory=self.device.type == "cuda")
-        self.run_dir = prepare_run_dir(cfg, self.dist, self.model, self.progressive,
-                                       f"global batch {self.global_batch}, lr {self.lr:.6g}")
-        if cfg.resume:
-            self._resume(cfg.resume)
+        # every check (folder, lock, resume compatibility) before anything is written into the run folder
+        self.run_dir, self.lock, resumed = claim_run_dir(cfg, self.dist, self.model.state_dict())
+        prepare_run_dir(self.run_dir, cfg, self.dist, self.model, self.progressive,
+                        f"global batch {self.global_batch}, lr {self.lr:.6g}")
+        if resumed is not None:
+            self._resume(resumed)
         if self.dist.rank > 0:  # dropout/drop-path masks differ per process; a resume restores them in run()
             seed_all(cfg.seed + 1000 * self.dist.rank)
 
@@ -154,6 +157,14 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        self.lock = None
+        try:
+            return self._run()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _run(self) -> TrainResult:
         self.setup()
         cfg = self.cfg
         self.runlog = RunLog(self.run_dir, enabled=self.primary, resume_epoch=self.epoch if cfg.resume else None,
@@ -163,7 +174,7 @@ class Trainer:
         self.log(describe_run(self))
         if self._resume_rng is not None:
             ckpt_io.set_rng_state(self._resume_rng)
-        previous = _install_sigint(self)
+        previous = _install_stop_handlers(self)
         interrupted, train_time, row, self.last_lr = False, 0.0, {}, self.lr
         try:
             while self.epoch < cfg.epochs and not (cfg.max_steps is not None and self.global_step >= cfg.max_steps):
@@ -185,8 +196,8 @@ class Trainer:
                      f"(global step {self.global_step}); checkpoint saved to {path}\n"
                      f"resume with: moderncnn train --resume {self.run_dir}")
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         deploy = None
         if not interrupted:
             if self.step_in_epoch > 0:  # --max-steps mid-epoch: keep the state so the run can be continued
@@ -204,7 +215,7 @@ class Trainer:
         if self.primary and not interrupted:
             self.log(summarize_run(self, deploy))
         return TrainResult(self.run_dir, self.epoch, self.global_step, self.best_top1, self.best_epoch, row,
-                           interrupted, deploy, train_time)
+                           interrupted, deploy, train_time, self._stop_signal)
 
     def train_epoch(self, batch_size: int) -> tuple[float, int]:
         cfg, accum = self.cfg, self.cfg.grad_accum_steps
@@ -218,7 +229,9 @@ class Trainer:
         lr = self.last_lr
         try:
             for i in range(start, updates):
-                lr = self.schedule.step(self.optimizer, self._sched_step(i, updates))
+                # the schedule is laid out in nominal steps; a stage's own batch size maps by epoch fraction
+                spe = self.steps_per_epoch
+                lr = self.schedule.step(self.optimizer, self.epoch * spe + i * spe // updates)
                 loss_sum = torch.zeros((), device=self.device)
                 for micro in range(accum):
                     ddp_sync = not self.dist.distributed or micro == accum - 1
@@ -227,7 +240,8 @@ class Trainer:
                 loss, stop = self._all_reduce_loss(loss_sum, float(self._stop_requested))
                 if not math.isfinite(loss):
                     self.optimizer.zero_grad(set_to_none=True)
-                    raise self._diverged(loss, i * accum, updates * accum)
+                    raise self._diverged(f"the training loss became {loss} at optimizer step {self.global_step + 1} "
+                                         f"(epoch {self.epoch + 1}, batch {i * accum + 1} of {updates * accum})")
                 if cfg.clip_grad:
                     nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
                 self.optimizer.step()
@@ -300,9 +314,13 @@ class Trainer:
         improved = metric is not None and (self.best_top1 is None or metric > self.best_top1)
         if improved:
             self.best_top1, self.best_epoch = metric, self.epoch - 1
-        self.save("last")
-        if improved:
-            self.save("best")
+        self.save(("last", "best") if improved else "last")
+        bad = bad_images(self.data.train_set) + bad_images(self.data.val_set)
+        if bad:
+            self.log(f"skipped {len(bad)} unreadable image(s) so far (--skip-bad-images), listed in "
+                     f"{self.run_dir / 'bad_images.txt'}")
+            if self.primary:
+                ckpt_io.atomic_write_text(self.run_dir / "bad_images.txt", "\n".join(bad) + "\n")
         return row
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -334,11 +352,8 @@ class Trainer:
         # a private generator: DataLoader draws its worker base seed from it, not from the global RNG
         gen = torch.Generator().manual_seed(self.cfg.seed + self.epoch)
         return DataLoader(self.data.train_set, batch_sampler=BatchSampler(self.sampler, batch_size, drop_last=True),
-                          num_workers=self.cfg.workers, generator=gen, pin_memory=self.device.type == "cuda")
-
-    def _sched_step(self, i: int, updates: int) -> int:
-        # the schedule is laid out in nominal steps; with a stage's own batch size, map by epoch fraction
-        return self.epoch * self.steps_per_epoch + i * self.steps_per_epoch // updates
+                          num_workers=self.cfg.workers, generator=gen, pin_memory=self.device.type == "cuda",
+                          worker_init_fn=_worker_init if self.cfg.workers else None)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.amp else contextlib.nullcontext()
@@ -348,22 +363,25 @@ class Trainer:
         t = all_reduce_sum(torch.stack([loss_sum.float(), torch.tensor(stop_flag, device=loss_sum.device)]), self.dist)
         return t[0].item() / self.dist.world_size, bool(t[1].item() > 0)
 
-    def _diverged(self, loss: float, batch: int, n_batches: int) -> TrainingDivergedError:
-        step = self.global_step + 1
+    def _diverged(self, what: str) -> TrainingDivergedError:
+        """``what`` went wrong (a NaN loss, weights that are not finite): name the last good checkpoint."""
         if self._last_saved_step is not None:
             good = (f"the last good checkpoint is {self.run_dir / 'last.state.pt'} (global step "
                     f"{self._last_saved_step}), left untouched; resume it with --resume {self.run_dir} after ")
         else:
             good = "no checkpoint was saved before it; "
-        self.runlog.event("diverged", step=step, epoch=self.epoch, loss=str(loss))
-        return TrainingDivergedError(
-            f"the training loss became {loss} at optimizer step {step} (epoch {self.epoch + 1}, batch {batch + 1} "
-            f"of {n_batches}); {good}lowering --lr, adding --clip-grad, or turning off --amp")
+        self.runlog.event("diverged", step=self.global_step, epoch=self.epoch, what=what)
+        return TrainingDivergedError(f"{what}; {good}lowering --lr, adding --clip-grad, or turning off --amp")
 
     # -- checkpoints -----------------------------------------------------------------------------------
-    def save(self, tag: str = "last") -> Path | None:
-        """Write checkpoint ``tag`` (rank 0). Called on every rank: it gathers each process's RNG state."""
+    def save(self, tags: str | tuple[str, ...] = "last") -> Path | None:
+        """Commit a checkpoint and point the ``tags`` links (``last``, ``best``) at it (rank 0). Called on every
+        rank: it gathers each process's RNG state. Weights that are not finite are never saved."""
         rng_ranks = all_gather_object(ckpt_io.rng_state(), self.dist)
+        bad = ckpt_io.non_finite(self.model.state_dict())
+        if bad:
+            raise self._diverged(f"after optimizer step {self.global_step} {len(bad)} weights are not finite "
+                                 f"({bad[0]}, ...), so no checkpoint is written")
         if not self.primary:
             return None
         state = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
@@ -372,16 +390,15 @@ class Trainer:
                  "epoch_loss": list(self.epoch_loss), "best_top1": self.best_top1, "best_epoch": self.best_epoch,
                  "has_ema": self.ema is not None, "world_size": self.dist.world_size, "config": self.cfg.to_dict()}
         path = ckpt_io.save_checkpoint(
-            self.run_dir, tag, model_state=self.model.state_dict(),
+            self.run_dir, tags, model_state=self.model.state_dict(),
             ema_state=self.ema.state_dict() if self.ema is not None else None, train_state=state,
             model_name=self.cfg.model, model_config=model_config(self.model))
-        if tag == "last":
+        if "last" in tags:
             self._last_saved_step = self.global_step
         return path
 
-    def _resume(self, source: str) -> None:
-        ck = ckpt_io.load_checkpoint(source)
-        ckpt_io.check_same_model(ck, self.cfg.model, self.model.state_dict())
+    def _resume(self, ck: ckpt_io.Checkpoint) -> None:
+        """Continue from ``ck`` (read and checked by ``run_dir.claim_run_dir``)."""
         self.model.load_state_dict({k: v.to(self.device) for k, v in ck.model.items()})
         if self.ema is not None and ck.ema is None:
             self.ema.set(self.model)
@@ -415,11 +432,10 @@ class Trainer:
         # no new evaluation here: only rank 0 exports, and evaluation all-reduces across ranks
         raw_top1, ema_top1 = self.last_eval
         use_ema = self.ema is not None and ema_top1 is not None and raw_top1 is not None and ema_top1 >= raw_top1
-        model = copy.deepcopy(self.ema.module if use_ema else self.model).float().to("cpu")
-        model = model.to(memory_format=torch.contiguous_format)
-        val = self.data.val_set
+        model = copy.deepcopy(self.ema.module if use_ema else self.model)
+        model = model.to("cpu", torch.float32, memory_format=torch.contiguous_format)
+        rd, val = self.run_data, self.data.val_set
         sample = torch.stack([val[i][0] for i in range(min(16, len(val)))]).float()
-        rd = self.run_data
         extra = {"img_size": rd.eval_img_size, "mean": list(rd.mean), "std": list(rd.std),
                  "classes": self.data.classes, "weights": "ema" if use_ema else "raw"}
         report = deploy_model(model, self.run_dir / "model_deploy.safetensors", sample, form="auto",
@@ -430,28 +446,33 @@ class Trainer:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def _install_sigint(trainer: Trainer):
-    """First Ctrl-C: finish the step and save; second: stop at once. Returns the previous handler."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
+def _install_stop_handlers(trainer: Trainer) -> dict[int, Any]:
+    """Ctrl-C and SIGTERM (what SLURM, Kubernetes and spot machines send before they kill a job): finish the
+    step, save, print the resume command; a second one stops at once. Returns the previous handlers."""
     def handler(signum, frame):
         if trainer._stop_requested:
             raise KeyboardInterrupt
-        trainer._stop_requested = True
+        trainer._stop_requested, trainer._stop_signal = True, signum
         if trainer.primary:
-            print("\nCtrl-C: finishing this step, saving a checkpoint (press again to abort at once)",
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\n{name}: finishing this step, saving a checkpoint (again to abort at once)",
                   file=sys.stderr, flush=True)
 
-    return signal.signal(signal.SIGINT, handler)
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _worker_init(worker_id: int) -> None:
+    # a SIGTERM sent to the whole process group must not kill the loader workers mid-step: the main process
+    # finishes the step, saves, and shuts them down itself
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def train(config: TrainConfig, *, train_dataset: Dataset | None = None, val_dataset: Dataset | None = None,
           callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
-    """Train ``config.model`` as configured; see :class:`TrainConfig` for every option.
-
-    ``train_dataset``/``val_dataset`` replace the named data set (any dataset of ``(uint8 CHW image,
-    label)`` with ``num_classes``, ``in_chans``, ``classes``, ``image_size``). A NaN/Inf loss raises
-    :class:`TrainingDivergedError`; Ctrl-C saves ``last`` and returns with ``interrupted=True``.
-    """
+    """Train ``config.model`` as configured (:class:`TrainConfig`). ``train_dataset``/``val_dataset`` replace
+    the named data set (``(uint8 CHW image, label)`` with ``num_classes``, ``in_chans``, ``classes``,
+    ``image_size``). A NaN/Inf loss raises :class:`TrainingDivergedError`; Ctrl-C saves ``last`` and returns
+    with ``interrupted=True``."""
     return Trainer(config, train_dataset=train_dataset, val_dataset=val_dataset, callbacks=callbacks).run()
