@@ -20,7 +20,7 @@ translate_x/y   ``0.45 * s`` of the image side, random sign, at most the side
 color, contrast, brightness, sharpness  increasing: factor ``1 + 0.9 * s`` with random sign, floored at 0.1;
                 original: factor ``0.1 + 1.8 * s``
 posterize       increasing: keep ``4 - int(4 * s)`` bits (at least 0); original: keep ``int(4 * s)`` (at most 8)
-solarize        increasing: invert pixels above ``256 - 256 * s``; original: above ``256 * s``
+solarize        increasing: invert pixels from ``256 - int(256 * s)``; original: from ``int(256 * s)``
 solarize_add    add ``110 * s`` to pixels below 128
 cutout          grey square of side ``0.36 * s`` of the shorter side (TF's list; timm's rand list omits it)
 autocontrast, equalize, invert   no magnitude
@@ -94,8 +94,9 @@ def _posterize(img: torch.Tensor, s: float, increasing: bool) -> torch.Tensor:
 
 
 def _solarize(img: torch.Tensor, s: float, increasing: bool) -> torch.Tensor:
-    threshold = 256.0 - 256.0 * s if increasing else 256.0 * s  # pixels >= threshold are inverted
-    return img if threshold > 255 else F.solarize(img, max(0.0, threshold))
+    level = int(256 * s)  # timm's level -> threshold, truncated
+    threshold = 256 - level if increasing else level  # pixels >= threshold are inverted
+    return img if threshold > 255 else F.solarize(img, max(0, threshold))
 
 
 def _solarize_add(img: torch.Tensor, s: float, increasing: bool) -> torch.Tensor:
@@ -225,7 +226,8 @@ def rand_augment(aa: str) -> RandAugment:
     """timm's RandAugment string (``rand-m9-n2-mstd0.5-inc1-mmax12-p0.5``) as timm reads it: ``m`` magnitude
     (default 10), ``n`` ops per image (2), ``p`` probability of each op (0.5), ``mstd`` magnitude noise (above
     100: uniform in [0, m]), ``mmax`` magnitude clip (10), ``inc`` increasing variants (0), and timm's list of
-    15 ops. Its ``t`` (op set by name) section, and anything else, is an error."""
+    15 ops. Its ``t`` (op set by name) section, anything else, and an ``m`` above ``mmax`` (which timm silently
+    clips) are errors."""
     parts = aa.split("-")
     if parts[0] != "rand":
         raise ConfigError(f"--aa {aa!r}: only RandAugment is supported, written like timm: 'rand-m9-n2-mstd0.5'")
@@ -238,9 +240,12 @@ def rand_augment(aa: str) -> RandAugment:
         values[match.group(1)] = float(match.group(2))
     if values["inc"] not in (0, 1) or values["n"] != int(values["n"]) or not 0 <= values["p"] <= 1:
         raise ConfigError(f"--aa {aa!r}: inc must be 0 or 1, n a whole number, p in [0, 1]")
+    if values["m"] > values["mmax"]:
+        raise ConfigError(f"--aa {aa!r}: magnitude {values['m']:g} is above the clip mmax {values['mmax']:g} (timm's "
+                          f"default 10), where timm would silently use {values['mmax']:g}; add -mmax{values['m']:g} "
+                          "or lower m")
     mstd = float("inf") if values["mstd"] > 100 else values["mstd"]
-    # timm clips the magnitude itself at mmax too: rand-m15 without mmax means 10
-    return RandAugment(int(values["n"]), magnitude=min(values["m"], values["mmax"]), magnitude_std=mstd,
+    return RandAugment(int(values["n"]), magnitude=values["m"], magnitude_std=mstd,
                        max_magnitude=values["mmax"], prob=values["p"], ops=TIMM_OPS, increasing=values["inc"] == 1)
 
 
