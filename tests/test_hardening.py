@@ -21,8 +21,9 @@ BAD_OPTIONS = [
     ({"img_size": -32}, r"img_size \(--img-size\) must be an integer in \[1, 16384\] \(or unset\), got -32"),
     ({"workers": -1}, r"workers \(--workers\) must be an integer >= 0, got -1"),
     ({"threads": -1}, r"threads \(--threads\) must be an integer >= 1"),
-    ({"lr": -1.0}, r"lr \(--lr\) must be a number > 0 \(or unset\), got -1"),
-    ({"lr": "fast"}, r"lr \(--lr\) must be a number > 0 \(or unset\), got 'fast'"),
+    ({"lr": -1.0}, r"lr \(--lr\) must be a number in \(0, 1000\] \(or unset\), got -1"),
+    ({"lr": 1e38}, r"lr \(--lr\) must be a number in \(0, 1000\] \(or unset\), got 1e\+38"),
+    ({"lr": "fast"}, r"lr \(--lr\) must be a number in \(0, 1000\] \(or unset\), got 'fast'"),
     ({"drop": 1.5}, r"drop \(--drop\) must be a number in \[0, 1\) \(or unset\), got 1.5"),
     ({"drop_path": 2.0}, r"drop_path \(--drop-path\) must be a number in \[0, 1\)"),
     ({"drop_path": -0.1}, r"drop_path \(--drop-path\) must be a number in \[0, 1\)"),
@@ -221,3 +222,17 @@ def test_weight_files_that_hold_code_or_lack_ema_are_refused_with_what_to_do(tmp
         assert "safetensors" in str(err.value)
     with pytest.raises(ModernCNNError, match="is a folder; expected one checkpoint file"):
         read_state_dict(tmp_path)
+
+
+def test_eval_of_a_model_on_data_with_another_class_count_warns_in_one_line(tmp_path, capsys):
+    from moderncnn.cli import main
+    from moderncnn.interop.spec import save_weights
+
+    save_weights(_tiny(0), tmp_path / "run" / "best.safetensors")  # 3 classes
+    _folder(tmp_path / "data", "val", ["a", "b"], size=32)
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--dataset", "imagefolder", "--data-dir",
+                 str(tmp_path / "data"), "--img-size", "32"]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "moderncnn eval: warning: best.safetensors (convnext_atto) has 3 classes but the evaluation data set has 2; "
+        "the accuracy compares labels with outputs that may not mean the same classes"]

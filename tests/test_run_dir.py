@@ -18,7 +18,7 @@ import torch
 from moderncnn.errors import ModernCNNError
 from moderncnn.training import checkpoint as ck
 from moderncnn.training.run_dir import RunLock
-from moderncnn.training.trainer import train
+from moderncnn.training.trainer import Callback, train
 from test_trainer import data, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,3 +151,26 @@ def test_sigterm_saves_like_ctrl_c_and_a_second_training_on_the_folder_is_refuse
     assert resumed.returncode == 0, resumed.stderr
     assert ck.load_checkpoint(run).state["global_step"] == step + 2
     assert torch.load(run / "last.state.pt", weights_only=True)["global_step"] == step + 2
+
+
+class _PoisonAt(Callback):
+    """Make one weight infinite after optimizer step ``step`` (the loss of that step was still finite)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(trainer.model.parameters()).view(-1)[0] = float("inf")
+
+
+def test_weights_that_are_not_finite_are_never_the_last_good_checkpoint(tmp_path):
+    from moderncnn.training.trainer import TrainingDivergedError
+
+    tr, va = data()
+    with pytest.raises(TrainingDivergedError, match=r"after optimizer step 3 1 weights are not finite .*the last "
+                                                    r"good checkpoint is .*last.state.pt \(global step 2\)"):
+        train(tiny_config(tmp_path, checkpoint_interval=1), train_dataset=tr, val_dataset=va, callbacks=[_PoisonAt(3)])
+    good = ck.load_checkpoint(tmp_path / "run")
+    assert good.state["global_step"] == 2 and not ck.non_finite(good.model)

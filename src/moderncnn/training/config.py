@@ -146,6 +146,7 @@ def _rules() -> dict[str, Any]:
     size = Number(1, 16384, integer=True, optional=True)
     count = Number(1, integer=True, optional=True)
     alpha = Number(0.0)
+    lr_range = Number(0.0, MAX_LR, lo_open=True, optional=True)
     return {
         "model": Text(), "initial_checkpoint": Text(optional=True),
         "num_classes": count, "in_chans": count, "drop": Number(0.0, 1.0, hi_open=True, optional=True),
@@ -156,14 +157,14 @@ def _rules() -> dict[str, Any]:
         "mean": Tuple(Number(), optional=True), "std": Tuple(Number(0.0, lo_open=True), optional=True),
         "train_samples": count, "val_samples": count, "workers": Number(0, integer=True),
         "threads": count, "epochs": Number(1, integer=True), "batch_size": Number(1, integer=True),
-        "lr": Number(0.0, lo_open=True, optional=True), "lr_base": Number(0.0, lo_open=True),
+        "lr": lr_range, "lr_base": Number(0.0, MAX_LR, lo_open=True),
         "lr_base_size": Number(1, integer=True), "opt": Choice(OPTIMIZERS),
         "opt_eps": Number(0.0, lo_open=True, optional=True),
         "opt_betas": Tuple(Number(0.0, 1.0, hi_open=True), length=2, optional=True),
         "momentum": rate, "weight_decay": Number(0.0), "clip_grad": Number(0.0, lo_open=True, optional=True),
         "grad_accum_steps": Number(1, integer=True),
         "sched": Choice(SCHEDULES, aliases=(("exponential", "exponential_staircase"),)),
-        "warmup_epochs": Number(0.0), "warmup_lr": Number(0.0), "min_lr": Number(0.0),
+        "warmup_epochs": Number(0.0), "warmup_lr": Number(0.0, MAX_LR), "min_lr": Number(0.0, MAX_LR),
         "decay_epochs": Number(0.0, lo_open=True), "decay_rate": Number(0.0, 1.0, lo_open=True),
         "mixup": alpha, "cutmix": alpha, "mixup_prob": prob, "mixup_switch_prob": prob, "mixup_split_batch": Flag(),
         "smoothing": rate, "model_ema": Flag(), "model_ema_decay": rate, "model_ema_warmup": Flag(),
@@ -182,6 +183,9 @@ def _rules() -> dict[str, Any]:
 
 
 _RULES: dict[str, Any] = {}
+# no optimizer here trains with a larger step; beyond float32's range (~3.4e38, e.g. --lr 1e38 with Adam's
+# bias correction) the optimizer itself fails
+MAX_LR = 1000.0
 # model options that have their own flag: a --model-kwargs key for them would be a second, silent spelling
 _OWN_FLAG = {"num_classes": "--num-classes", "in_chans": "--in-chans", "drop_rate": "--drop",
              "drop_path_rate": "--drop-path"}

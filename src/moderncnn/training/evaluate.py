@@ -57,7 +57,7 @@ def evaluate_checkpoint(
     """Top-1/top-5 (and loss) of a run folder's weights (``best``, else ``last``; raw and EMA), or of one
     weights file written by ``moderncnn train``. Returns ``{"raw": {...}, "ema": {...}}``."""
     from ..data.assembly import AugmentedDataset, random_subset
-    from ..data.datasets import load_dataset
+    from ..data.datasets import check_eval_classes, load_dataset
     from ..data.transforms import build_eval_transform, resolve_mean_std
     from ..interop.spec import read_description
     from .checkpoint import load_weights_file
@@ -82,6 +82,7 @@ def evaluate_checkpoint(
         if not f.is_file():
             continue
         spec, extra = read_description(f)
+        check_eval_classes(spec.num_classes, ds, f"{f.name} ({spec.name})")
         model = spec.build()
         model.load_state_dict(load_weights_file(f)[0])
         size = img_size or extra.get("img_size") or cfg.eval_img_size or cfg.img_size or ds.image_size
