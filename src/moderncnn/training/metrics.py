@@ -1,8 +1,8 @@
 """Run-folder logging: ``metrics.csv`` (timm's ``summary.csv`` columns), ``log.jsonl``, ``curves.png``.
 
 timm writes ``epoch, train_loss, eval_loss, eval_top1, eval_top5, lr``; we keep those names first and add
-the EMA metrics, the image size, batch size and wall time (ecosystem.md §7). Plots use matplotlib's
-headless Agg backend.
+the EMA metrics, the image size, batch size and wall time (docs/training.md, "Logs"). Plots use
+matplotlib's headless Agg backend.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Training is split into M stages. Early stages use small images and weak regulari
 images and strong regularization (RandAugment magnitude, mixup/cutmix alpha, dropout), because a small network
 input needs less regularization than a large one.
 
-Two behaviours are provided, because the paper and the released code disagree (reference notes §2.5):
+Two behaviours are provided, because the paper and the released code disagree (docs/training.md,
+"Progressive learning"):
 
 ``mode="paper"`` (Algorithm 1)
     Stage ``i = 0..M-1`` uses ``v_i = v_min + (v_max - v_min) * i / (M - 1)`` for the image size and for every
@@ -330,9 +331,9 @@ def _variant(name: str) -> str:
 def from_model(name: str, total_epochs: int, mode: str = "official", **overrides) -> ProgressiveSchedule:
     """The EfficientNetV2 progressive schedule of model ``name`` (S/M/L/XL, B0-B3) over ``total_epochs``.
 
-    ``mode="official"`` gives the released code's per-stage values (reference §2.5 table, e.g. S: sizes 171, 214,
-    257, 300, RandAugment 5, 6.67, 8.33, 10, dropout 0.2 throughout); ``mode="paper"`` gives paper Table 6's
-    ramps (S: 128 -> 300, RandAugment 5 -> 15, dropout 0.1 -> 0.3). ``overrides`` are passed to
+    ``mode="official"`` gives the released code's per-stage values (docs/training.md, "Progressive learning";
+    e.g. S: sizes 171, 214, 257, 300, RandAugment 5, 6.67, 8.33, 10, dropout 0.2 throughout); ``mode="paper"``
+    gives paper Table 6's ramps (S: 128 -> 300, RandAugment 5 -> 15, dropout 0.1 -> 0.3). ``overrides`` are passed to
     :class:`ProgressiveSchedule` (e.g. ``num_stages``, ``batch_sizes``, ``size_divisor``).
     """
     if mode not in MODES:
