@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -241,7 +240,10 @@ def _check_special(cfg: TrainConfig) -> None:
     dataset_key(cfg.dataset)
     if cfg.device is not None:
         _device_syntax(cfg.device)
-    parse_aa(cfg.aa)
+    if cfg.aa and cfg.aa.lower() != "none":
+        from ..data.transforms import rand_augment
+
+        rand_augment(cfg.aa)  # every section honoured or a ConfigError naming it
 
 
 def _device_syntax(name: str) -> None:
@@ -325,20 +327,3 @@ def resolve_drop_path(value: float | dict[str, float] | None, model: str) -> flo
             )
         return float(value[model])
     return value
-
-
-# -- RandAugment strings -----------------------------------------------------------------------------
-def parse_aa(aa: str | None) -> dict[str, float] | None:
-    """timm's RandAugment string ``rand-m9-n2-mstd0.5-inc1`` as ``{m, n, mstd, inc, mmax}``."""
-    if not aa or aa in ("none", "None"):
-        return None
-    parts = aa.split("-")
-    if parts[0] != "rand":
-        raise ConfigError(f"--aa {aa!r}: only RandAugment is supported, written like timm: 'rand-m9-n2-mstd0.5'")
-    out: dict[str, float] = {"m": 9.0, "n": 2.0, "mstd": 0.0, "inc": 0.0}
-    for part in parts[1:]:
-        match = re.fullmatch(r"(mstd|mmax|inc|m|n|p|w)([0-9.]+)", part)
-        if not match:
-            raise ConfigError(f"--aa {aa!r}: cannot read section {part!r} (sections: m, n, mstd, mmax, inc, p)")
-        out[match.group(1)] = float(match.group(2))
-    return out
