@@ -60,6 +60,10 @@ class StageParams:
     def epochs(self) -> int:
         return self.end_epoch - self.start_epoch
 
+    def describe(self, batch_size: int) -> str:
+        return (f"{self.img_size} px, RandAugment m {self.ra_magnitude:.3g}, mixup {self.mixup_alpha:.3g}, cutmix "
+                f"{self.cutmix_alpha:.3g}, dropout {self.dropout:.3g}, batch {batch_size}")
+
 
 def _pair(value: float | Range, name: str) -> Range:
     if isinstance(value, (int, float)):

@@ -341,9 +341,7 @@ class Trainer:
         set_dropout(self.model, st.dropout)
         batch_size = st.batch_size or self.cfg.batch_size
         if st.start_epoch == epoch and self.step_in_epoch == 0:
-            self.log(f"progressive stage {st.stage + 1}/{self.progressive.num_stages}: {st.img_size} px, RandAugment "
-                     f"m {st.ra_magnitude:.3g}, mixup {st.mixup_alpha:.3g}, cutmix {st.cutmix_alpha:.3g}, dropout "
-                     f"{st.dropout:.3g}, batch {batch_size}")
+            self.log(f"progressive stage {st.stage + 1}/{self.progressive.num_stages}: {st.describe(batch_size)}")
         return batch_size, st
 
     def _loader(self, batch_size: int, start_batch: int) -> DataLoader:
