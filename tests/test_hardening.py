@@ -236,3 +236,42 @@ def test_eval_of_a_model_on_data_with_another_class_count_warns_in_one_line(tmp_
     assert err.splitlines() == [
         "moderncnn eval: warning: best.safetensors (convnext_atto) has 3 classes but the evaluation data set has 2; "
         "the accuracy compares labels with outputs that may not mean the same classes"]
+
+
+# -- the Python API: create_model's options and what a model accepts as input -----------------------------
+MODEL_OPTIONS = [
+    ({"num_classes": "5"}, r"num_classes must be an integer \(default 1000\), got '5'"),
+    ({"num_classes": 5.0}, r"num_classes must be an integer \(default 1000\), got 5.0"),
+    ({"drop_path_rate": -0.1}, r"drop_path_rate must be a number in \[0, 1\), got -0.1"),
+    ({"drop_path_rate": 1.0}, r"drop_path_rate must be a number in \[0, 1\), got 1.0"),
+    ({"dims": (-8, 16, 32, 64)}, r"dims must not be negative or infinite, got \(-8, 16, 32, 64\)"),
+    ({"depths": (1, -1, 1, 1)}, r"depths must not be negative"),
+    ({"layer_scale_init_value": "small"}, r"layer_scale_init_value must be a number"),
+]
+
+
+@pytest.mark.parametrize("options,message", MODEL_OPTIONS, ids=[str(o) for o, _ in MODEL_OPTIONS])
+def test_create_model_checks_every_option(options, message):
+    from moderncnn import create_model
+
+    with pytest.raises(ConfigError, match=r"^invalid options for convnext_atto: " + message):
+        create_model("convnext_atto", **options)
+
+
+INPUTS = [
+    ("uint8 images", dict(dtype=torch.uint8), False, r"float32 weights but got torch.uint8 input .*x.float\(\) / 255"),
+    ("float16", dict(dtype=torch.float16), False, r"float32 weights but got torch.float16 input"),
+    ("batch 1 while training BatchNorm", dict(batch=1), True, r"training mode and has BatchNorm.*batches of 2"),
+]
+
+
+@pytest.mark.parametrize("what,kw,training,message", INPUTS, ids=[c[0] for c in INPUTS])
+def test_input_a_model_cannot_take_is_refused_saying_what_to_do(what, kw, training, message):
+    from moderncnn import create_model
+
+    model = create_model("repvgg_a0", num_blocks=(1, 1, 1, 1)).train(training)
+    x = torch.zeros(kw.get("batch", 2), 3, 32, 32, dtype=kw.get("dtype", torch.float32))
+    with pytest.raises(ModernCNNError, match=message):
+        model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast takes float32 or bfloat16 input as it is
+        model.eval()(torch.zeros(2, 3, 32, 32, dtype=torch.bfloat16))

@@ -89,9 +89,13 @@ def resolve_config(name: str, **overrides: Any) -> Any:
             f"{name} has no option {', '.join(msgs)}; valid options: {', '.join(sorted(fields))}"
         )
     try:
-        return dataclasses.replace(entry.cfg, **overrides)
+        cfg = dataclasses.replace(entry.cfg, **overrides)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid options for {name}: {exc}") from exc
+    from .validation import check_model_options
+
+    check_model_options(name, cfg, entry.cfg)
+    return cfg
 
 
 def build_model(name: str, **options: Any) -> nn.Module:

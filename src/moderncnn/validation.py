@@ -151,6 +151,53 @@ class Tuple:
         return out
 
 
+# -- model configs -----------------------------------------------------------------------------------------
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true or false"
+    if isinstance(v, int):
+        return "an integer"
+    if isinstance(v, float):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, (tuple, list)):
+        return "a list"
+    return type(v).__name__
+
+
+def _numbers(v: Any):
+    if isinstance(v, (tuple, list)):
+        for x in v:
+            yield from _numbers(x)
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        yield v
+
+
+def check_model_options(name: str, cfg: Any, base: Any) -> None:
+    """A model config built from the registered ``base`` with overrides: every field has the kind of value
+    its default has (an integer count is not ``5.0`` or ``"5"``), no number is negative (widths, depths,
+    ratios), and the dropout and drop-path rates are in [0, 1)."""
+    import dataclasses
+
+    problems = []
+    for f in dataclasses.fields(cfg):
+        value, default = getattr(cfg, f.name), getattr(base, f.name)
+        kind, want = _kind(value), _kind(default)
+        same = kind == want or (want == "a number" and kind == "an integer") or value is None or default is None
+        if not same:
+            problems.append(f"{f.name} must be {want} (default {default!r}), got {value!r}")
+        elif f.name in ("drop_rate", "drop_path_rate"):
+            try:
+                Number(0.0, 1.0, hi_open=True).check(f.name, value)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        elif any(x < 0 or (isinstance(x, float) and not math.isfinite(x)) for x in _numbers(value)):
+            problems.append(f"{f.name} must not be negative or infinite, got {value!r}")
+    if problems:
+        raise ConfigError(f"invalid options for {name}: " + "; ".join(problems))
+
+
 # -- the environment ---------------------------------------------------------------------------------
 def check_device(name: str | None) -> Any:
     """A ``torch.device`` for ``name`` that exists on this machine (``None``: cuda if available, else cpu)."""
@@ -241,4 +288,4 @@ NON_NEGATIVE_INT = Number(0, integer=True)
 IMG_SIZE = Number(1, 16384, integer=True, optional=True)
 
 __all__ = ["Choice", "Flag", "IMG_SIZE", "NON_NEGATIVE_INT", "Number", "POSITIVE_INT", "Text", "Tuple", "arg",
-           "check_device", "parse_kv", "check_output_dir", "check_output_file"]
+           "check_device", "check_model_options", "parse_kv", "check_output_dir", "check_output_file"]
