@@ -46,6 +46,11 @@ BAD = [
     (["train", "--recipe", "convnxt"], r"unknown recipe 'convnxt'. Did you mean convnext"),
     (["train", "--output", "{tmp}/afile"], r"--output .*afile is a file; expected a folder"),
     (["train", "--output", "{tmp}/afile/run"], r"--output .*afile/run: .*afile is a file, so nothing can be created"),
+    (["train", *TINY, "--dataset", "imagefolder", "--data-dir", "{tmp}/images", "--num-classes", "1",
+      "--output", "{tmp}/r"], r"--num-classes 1 is fewer than the 2 classes of the training data"),
+    (["train", *TINY, "--dataset", "imagefolder", "--data-dir", "{tmp}/images", "--mean", "0.5", "0.5", "--std",
+      "0.5", "0.5", "--output", "{tmp}/r"], r"--mean/--std give 2 values for 3-channel input"),
+    (["train", *TINY, "--resume", "{tmp}/images", "--output", "{tmp}/images"], r"holds no checkpoint"),
     # eval
     (["eval", "--checkpoint", "{tmp}/run", "--val-samples", "0"], r"--val-samples must be an integer >= 1"),
     (["eval", "--checkpoint", "{tmp}/run", "-b", "0"], r"--batch-size must be an integer >= 1, got 0"),
@@ -58,6 +63,7 @@ BAD = [
     (["bench", "convnext_atto", "-b", "0"], r"--batch must be an integer >= 1, got 0"),
     (["bench", "convnext_atto", "--img-size", "0"], r"--img-size must be an integer in \[1, 16384\]"),
     (["bench", "nomatch_*"], r"no model matches 'nomatch_\*'"),
+    (["bench", "convnext_atto", "-b", "100000000"], r"-b 100000000 at 224 px does not fit in memory"),
     (["bench", "convnext_atoo"], r"(?i)convnext_atoo.*did you mean.*convnext_atto"),
     (["bench", "convnext_atto", "--out", "{tmp}"], r"--out .* is a folder; expected a file name"),
     # export
@@ -98,6 +104,12 @@ def scratch(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "types.yaml").write_text("model: convnext_atto\nlr: fast\n")
     torch.save({"weight": torch.zeros(1)}, tmp_path / "w.pth")
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / "images" / split / c).mkdir(parents=True)
+            Image.new("RGB", (16, 16)).save(tmp_path / "images" / split / c / "0.png")
     return tmp_path
 
 
@@ -132,3 +144,27 @@ def test_unknown_command_and_dataloader_worker_errors_are_one_line(capsys):
                         "last):\n  File \"x.py\", line 1, in f\nmoderncnn.errors.DataError: cannot decode image a.png")
     assert one_line(wrapped) == "cannot decode image a.png"
     assert one_line(ValueError("two\nlines")) == "two lines"
+
+
+@pytest.mark.parametrize("exc,rc,message", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), 2,
+     r"^moderncnn info: error: out of memory: CUDA out of memory.*lower the batch size"),
+    (ZeroDivisionError("division by zero"), 1,
+     r"^moderncnn info: error: ZeroDivisionError: division by zero \(moderncnn did not expect this.*MODERNCNN_DEBUG"),
+    (OSError(28, "No space left on device", "/runs/a/x"), 2, r"^moderncnn info: error: No space left on device: /runs"),
+])
+def test_errors_the_library_did_not_raise_on_purpose_are_one_line_too(monkeypatch, capsys, exc, rc, message):
+    import re
+
+    import moderncnn.analysis.cli as analysis_cli
+
+    def boom(args):
+        raise exc
+
+    monkeypatch.setattr(analysis_cli, "_info", boom)
+    got, err = run(["info", "convnext_atto"], capsys)
+    assert got == rc and len(err.splitlines()) == 1 and re.search(message, err), err
+    monkeypatch.setenv("MODERNCNN_DEBUG", "1")
+    if rc == 1:
+        with pytest.raises(ZeroDivisionError):
+            main(["info", "convnext_atto"])

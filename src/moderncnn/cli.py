@@ -171,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("MODERNCNN_DEBUG"):
             raise
+        torch = sys.modules.get("torch")
+        if isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.OutOfMemoryError)):
+            say("error", f"out of memory: {one_line(exc)}; lower the batch size (-b) or the image size")
+            return 2
         say("error", f"{type(exc).__name__}: {one_line(exc)} (moderncnn did not expect this: it is a bug or an "
                      "input it does not check yet; MODERNCNN_DEBUG=1 shows the traceback)")
         return 1
