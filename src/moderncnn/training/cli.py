@@ -165,12 +165,13 @@ def _run_demo(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     values["output"] = args.output or "runs/demo-fashion-mnist"
+    values["overwrite"] = args.output is None  # `make demo` again replaces the demo's own run; --output DIR does not
     values["no_progress"] = args.no_progress
     cfg = from_dict(values)
     print(f"moderncnn demo: {cfg.model} on Fashion-MNIST ({cfg.epochs} epochs, recipe fashion-mnist)", flush=True)
     result = train(cfg)
     if result.interrupted:
-        return 130
+        return 128 + (result.stop_signal or 2)
     deploy = Path(result.run_dir) / "model_deploy.safetensors"
     if deploy.is_file():
         from .evaluate import evaluate_checkpoint
