@@ -168,3 +168,13 @@ def test_errors_the_library_did_not_raise_on_purpose_are_one_line_too(monkeypatc
     if rc == 1:
         with pytest.raises(ZeroDivisionError):
             main(["info", "convnext_atto"])
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["eval", "--checkpoint", "run"], ["bench"], ["list"], ["info", "x"],
+                                  ["fuse", "run", "--out", "f.safetensors"], ["export", "m", "--out", "m.onnx"],
+                                  ["convert", "w.pth", "o.safetensors", "--model", "m"], ["train"]])
+def test_every_command_with_its_defaults_passes_the_checks(tmp_path, monkeypatch, argv):
+    from moderncnn.cli import build_parser, check_arguments
+
+    monkeypatch.chdir(tmp_path)
+    check_arguments(build_parser(argv[0]).parse_args(argv))

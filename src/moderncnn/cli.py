@@ -39,16 +39,17 @@ COMMANDS = {
 
 
 # options of the commands other than `train` (whose options TrainConfig checks), by argparse dest;
-# (command, dest) rows win over dest rows
+# (command, dest) rows win over dest rows; None is an option left out
 ARGUMENTS: dict[Any, Number] = {
-    "batch_size": Number(1, integer=True), "batch": Number(1, integer=True),
-    ("export", "batch"): Number(2, integer=True),  # the exported batch dimension is dynamic: trace with 2+
-    "img_size": Number(1, 16384, integer=True, optional=True), "workers": Number(0, integer=True),
+    "batch_size": Number(1, integer=True, optional=True), "batch": Number(1, integer=True, optional=True),
+    ("export", "batch"): Number(2, integer=True, optional=True),  # the exported batch is dynamic: trace with 2+
+    "img_size": Number(1, 16384, integer=True, optional=True), "workers": Number(0, integer=True, optional=True),
     "val_samples": Number(1, integer=True, optional=True), "train_samples": Number(1, integer=True, optional=True),
     "epochs": Number(1, integer=True, optional=True), "max_steps": Number(1, integer=True, optional=True),
     "seed": Number(0, 2**63 - 1, integer=True, optional=True), "num_classes": Number(1, integer=True, optional=True),
-    "warmup": Number(0, integer=True), "iters": Number(1, integer=True), "rounds": Number(1, integer=True),
-    "tolerance": Number(0.0, lo_open=True),
+    "warmup": Number(0, integer=True, optional=True), "iters": Number(1, integer=True, optional=True),
+    "rounds": Number(1, integer=True, optional=True), "tolerance": Number(0.0, lo_open=True, optional=True),
+    "bench_rounds": Number(0, integer=True, optional=True),
 }
 # paths checked writable before any work: a file to write, a run folder to write into
 OUTPUT_FILES = {"fuse": "out", "export": "out", "bench": "out", "convert": "dst"}
