@@ -3,16 +3,16 @@ error names the option, the valid range and the value it got, before any work st
 
 A rule is a small object with ``check(name, value) -> value`` (the value normalized: a number given as a
 string in a YAML recipe becomes a number, a list becomes a tuple) and ``describe()``. The training
-options are a table of rules (``training/config.py``); the other commands use :func:`arg` to turn a rule
-into an ``argparse`` type, so the same words reach the user either way.
+options are a table of rules (``training/config.py``), the other commands' options another
+(``cli.ARGUMENTS``), so the same words reach the user either way; model configs are checked against their
+registered defaults (:func:`check_model_options`).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,23 +269,5 @@ def parse_kv(text: str, flag: str = "--model-kwargs") -> tuple[str, Any]:
         raise ConfigError(f"{flag} {text}: the value is not valid YAML/JSON ({reason})") from None
 
 
-# -- argparse ------------------------------------------------------------------------------------------
-def arg(rule: Number | Choice | Text) -> Callable[[str], Any]:
-    """An argparse ``type`` that checks a flag's value with ``rule`` (the error says the valid range)."""
-
-    def parse(text: str) -> Any:
-        try:
-            return rule.check("value", text)
-        except ConfigError:
-            raise argparse.ArgumentTypeError(f"expected {rule.describe()}, got {text!r}") from None
-
-    parse.__name__ = rule.describe()  # argparse names the type in some messages
-    return parse
-
-
-POSITIVE_INT = Number(1, integer=True)
-NON_NEGATIVE_INT = Number(0, integer=True)
-IMG_SIZE = Number(1, 16384, integer=True, optional=True)
-
-__all__ = ["Choice", "Flag", "IMG_SIZE", "NON_NEGATIVE_INT", "Number", "POSITIVE_INT", "Text", "Tuple", "arg",
-           "check_device", "check_model_options", "parse_kv", "check_output_dir", "check_output_file"]
+__all__ = ["Choice", "Flag", "Number", "Text", "Tuple", "check_device", "check_model_options", "check_output_dir",
+           "check_output_file", "parse_kv"]

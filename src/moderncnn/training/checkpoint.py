@@ -456,11 +456,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """Where :func:`load_checkpoint` would read ``path`` from (without loading the weights)."""
-    return load_checkpoint(path).path
-
-
 def clean_run_dir(run_dir: str | Path) -> list[str]:
     """Delete what a killed writer left and point the ``last``/``best`` links at the newest checkpoint and
     its best. Only the run that owns the folder (holds its lock) may call this. Returns what was removed."""
