@@ -29,6 +29,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..data.datasets import bad_images
 from ..errors import ConfigError, ModernCNNError
+from ..interop.spec import ModelSpec, spec_metadata
 from . import checkpoint as ckpt_io
 from .build import model_config, seed_all
 from .config import TrainConfig
@@ -390,7 +391,8 @@ class Trainer:
         path = ckpt_io.save_checkpoint(
             self.run_dir, tags, model_state=self.model.state_dict(),
             ema_state=self.ema.state_dict() if self.ema is not None else None, train_state=state,
-            model_name=self.cfg.model, model_config=model_config(self.model))
+            model_name=self.cfg.model, model_config=model_config(self.model),
+            metadata=spec_metadata(ModelSpec.from_model(self.model)))  # the weights describe themselves
         if "last" in tags:
             self._last_saved_step = self.global_step
         return path
