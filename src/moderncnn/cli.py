@@ -41,15 +41,14 @@ COMMANDS = {
 # options of the commands other than `train` (whose options TrainConfig checks), by argparse dest;
 # (command, dest) rows win over dest rows; None is an option left out
 ARGUMENTS: dict[Any, Number] = {
-    "batch_size": Number(1, integer=True, optional=True), "batch": Number(1, integer=True, optional=True),
-    ("export", "batch"): Number(2, integer=True, optional=True),  # the exported batch is dynamic: trace with 2+
-    "img_size": Number(1, 16384, integer=True, optional=True), "workers": Number(0, integer=True, optional=True),
-    "val_samples": Number(1, integer=True, optional=True), "train_samples": Number(1, integer=True, optional=True),
-    "epochs": Number(1, integer=True, optional=True), "max_steps": Number(1, integer=True, optional=True),
-    "seed": Number(0, 2**63 - 1, integer=True, optional=True), "num_classes": Number(1, integer=True, optional=True),
-    "warmup": Number(0, integer=True, optional=True), "iters": Number(1, integer=True, optional=True),
-    "rounds": Number(1, integer=True, optional=True), "tolerance": Number(0.0, lo_open=True, optional=True),
-    "bench_rounds": Number(0, integer=True, optional=True),
+    "batch_size": Number(1, integer=True), "batch": Number(1, integer=True),
+    ("export", "batch"): Number(2, integer=True),  # the exported batch dimension is dynamic: trace with 2+
+    "img_size": Number(1, 16384, integer=True), "workers": Number(0, integer=True),
+    "val_samples": Number(1, integer=True), "train_samples": Number(1, integer=True),
+    "epochs": Number(1, integer=True), "max_steps": Number(1, integer=True),
+    "seed": Number(0, 2**63 - 1, integer=True), "num_classes": Number(1, integer=True),
+    "warmup": Number(0, integer=True), "iters": Number(1, integer=True), "rounds": Number(1, integer=True),
+    "tolerance": Number(0.0, lo_open=True), "bench_rounds": Number(0, integer=True),
 }
 # paths checked writable before any work: a file to write, a run folder to write into
 OUTPUT_FILES = {"fuse": "out", "export": "out", "bench": "out", "convert": "dst"}
@@ -114,7 +113,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     problems = []
     for dest, value in vars(args).items():
         rule = ARGUMENTS.get((command, dest)) or ARGUMENTS.get(dest)
-        if rule is not None:
+        if rule is not None and value is not None:
             try:
                 rule.check(f"--{dest.replace('_', '-')}", value)
             except ModernCNNError as exc:
