@@ -10,23 +10,16 @@ import torch
 from torch import nn
 
 from moderncnn import create_model
-from moderncnn.registry import get_entry
 from moderncnn.training.config import from_dict
 from moderncnn.training.trainer import Callback, train
 from test_trainer import make_dataset
-
-
-def _one_block_per_stage(name: str) -> dict:
-    cfg = get_entry(name).cfg
-    return {"stages": tuple(s._replace(repeats=1) for s in cfg.stages)}
-
 
 # one shrunken model per family (32 px input, a few thousand to ~1 M parameters)
 FAMILIES = {
     "repvgg": ("repvgg_a0", {"num_blocks": (1, 1, 1, 1), "width_multiplier": (0.125, 0.125, 0.125, 0.0625)}),
     "mobilenext": ("mobilenext_035", {"arch": ((2, 96, 1, 2), (6, 144, 1, 1), (6, 192, 1, 2), (6, 288, 1, 2),
                                                (6, 384, 1, 2))}),
-    "efficientnetv2": ("efficientnetv2_b0", "one block per stage"),
+    "efficientnetv2": ("efficientnetv2_b0", {"depth_mult": 0.1}),  # ceil(0.1 × repeats): one block per stage
     "replknet": ("replknet_31b", {"layers": (1, 1, 1, 1), "channels": (8, 16, 32, 64),
                                   "large_kernel_sizes": (13, 11, 9, 7)}),
     "convnext": ("convnext_atto", {"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)}),
@@ -34,8 +27,7 @@ FAMILIES = {
 
 
 def _overrides(family: str) -> tuple[str, dict]:
-    name, over = FAMILIES[family]
-    return name, _one_block_per_stage(name) if isinstance(over, str) else over
+    return FAMILIES[family]
 
 
 def _batch(n: int = 8, classes: int = 4):
@@ -63,6 +55,9 @@ def test_each_family_overfits_one_batch(family):
     assert losses[-1] < losses[0] / OVERFIT_FACTOR, (family, losses[0], losses[-1])
 
 
+RUN_LR = {"efficientnetv2": 1e-3}  # at 3e-3 its loss blows up to ~14 in the first epoch on this task
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_each_family_short_training_run_lowers_the_loss(tmp_path, family):
     """Four epochs of the real trainer (pad-crop/flip augmentation, cosine schedule) on a learnable task: the
@@ -72,7 +67,8 @@ def test_each_family_short_training_run_lowers_the_loss(tmp_path, family):
     tr, va = make_dataset(64, size=32, chans=3), make_dataset(32, size=32, chans=3, seed=1)
     cfg = from_dict(dict(model=name, model_kwargs={k: list(v) if isinstance(v, tuple) else v for k, v in over.items()},
                          img_size=32, train_crop="pad", crop_pct=1.0, mean=[0.3], std=[0.3], epochs=4,
-                         batch_size=8, lr=3e-3, opt="adamw", weight_decay=0.0, drop=0.0, drop_path=0.0, smoothing=0.0,
+                         batch_size=8, lr=RUN_LR.get(family, 3e-3), opt="adamw", weight_decay=0.0, drop=0.0,
+                         drop_path=0.0, smoothing=0.0,
                          workers=0, no_progress=True, log_interval=1000, output=str(tmp_path / "run"), fuse=False,
                          plots=False))
     train(cfg, train_dataset=tr, val_dataset=va)
