@@ -7,9 +7,9 @@ export OMP_NUM_THREADS ?= 2
 
 .PHONY: setup data demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[test]'
 	touch $@
 
 setup: $(VENV)/.installed data

@@ -25,12 +25,13 @@ import datetime
 import os
 import platform
 import shlex
-import statistics
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+
+from moderncnn.deploy.bench import time_rotating
 
 STAGES = [(128, 56), (256, 28), (512, 14), (1024, 7)]
 KERNELS = [3, 5, 7, 13, 27, 31]
@@ -45,31 +46,13 @@ def _sync(device: torch.device) -> None:
 
 
 def time_ms(fn, device: torch.device, target_ms: float = 30.0, max_reps: int = 15) -> float:
-    """Median milliseconds of ``fn()``: warm-up (compiles), a probe for the repeat count, then repeats."""
+    """Median milliseconds of ``fn()``: warm-up (compiles), a probe for the repeat count, then repeats, all
+    timed by the package's one timer (``moderncnn.deploy.bench.time_rotating``)."""
     fn()
     _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    probe = (time.perf_counter() - t0) * 1e3
+    probe = time_rotating({"probe": fn}, 1, warmup=0, device=device)["probe"]
     reps = int(max(3, min(max_reps, target_ms / max(probe, 1e-3))))
-    if device.type != "cuda":
-        return statistics.median(_wall(fn) for _ in range(reps))
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def _wall(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
+    return time_rotating({"fn": fn}, reps, warmup=0, device=device)["fn"]
 
 
 def bench_op(B, C, H, k, dtype, device, with_ours=True) -> dict:

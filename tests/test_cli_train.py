@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from moderncnn.cli import build_parser, main
+from moderncnn.data.transforms import TIMM_OPS, rand_augment
 from moderncnn.errors import ConfigError
 from moderncnn.training.cli import config_from_args
-from moderncnn.training.config import from_dict, list_recipes, load_recipe, parse_aa
+from moderncnn.training.config import from_dict, list_recipes, load_recipe
 
 RECIPES = ["convnext", "efficientnetv2_l", "efficientnetv2_m", "efficientnetv2_s", "fashion-mnist", "mobilenext",
            "replknet", "repvgg", "repvgg_200ep"]
@@ -28,24 +29,28 @@ def test_every_recipe_loads_and_matches_the_reference_numbers():
     def lr_at(cfg, batch):  # the linear scaling rule the trainer applies when --lr is not given
         return cfg.lr_base * batch / cfg.lr_base_size
 
-    s = cfgs["efficientnetv2_s"]  # architectures.md §2.6
+    s = cfgs["efficientnetv2_s"]  # docs/training.md, "Recipes: EfficientNetV2"
     assert (s.epochs, s.opt, s.opt_eps, s.momentum, s.weight_decay) == (350, "rmsproptf", 1e-3, 0.9, 1e-5)
     assert lr_at(s, 4096) == pytest.approx(0.256)
     assert (s.sched, s.decay_epochs, s.decay_rate, s.warmup_epochs) == ("step", 2.4, 0.97, 5)
     assert (s.model_ema, s.model_ema_decay, s.smoothing, s.progressive) == (True, 0.9999, 0.1, "official")
-    assert [cfgs[f"efficientnetv2_{v}"].drop for v in "sml"] == [0.2, 0.3, 0.4]  # §2.4 dropout per model
-    c = cfgs["convnext"]  # §5.3
+    assert [cfgs[f"efficientnetv2_{v}"].drop for v in "sml"] == [0.2, 0.3, 0.4]  # dropout per model
+    c = cfgs["convnext"]  # "Recipes: ConvNeXt"
     assert (c.epochs, c.opt, c.weight_decay, c.warmup_epochs, c.min_lr) == (300, "adamw", 0.05, 20, 1e-6)
     assert lr_at(c, 4096) == pytest.approx(4e-3)
     assert (c.mixup, c.cutmix, c.smoothing, c.reprob, c.aa) == (0.8, 1.0, 0.1, 0.25, "rand-m9-mstd0.5-inc1")
     assert c.drop_path == {"convnext_tiny": 0.1, "convnext_small": 0.4, "convnext_base": 0.5, "convnext_large": 0.5}
-    r = cfgs["repvgg"]  # §3.5
+    r = cfgs["repvgg"]  # "Recipes: RepVGG"
     assert (r.epochs, r.opt, r.sched, r.weight_decay, r.aa, r.smoothing) == (120, "momentum", "cosine", 1e-4, None, 0)
     assert lr_at(r, 256) == pytest.approx(0.1)
-    lk = cfgs["replknet"]  # §4.4
+    lk = cfgs["replknet"]  # "Recipes: RepLKNet"
     assert (lk.epochs, lk.warmup_epochs, lk.drop_path, lk.min_lr) == (300, 10, 0.5, 1e-6)
     assert lr_at(lk, 2048) == pytest.approx(4e-3)
-    assert parse_aa(c.aa) == {"m": 9.0, "n": 2.0, "mstd": 0.5, "inc": 1.0}
+    ra = rand_augment(c.aa)  # m9, n2 (timm's default), mstd 0.5, inc1; p and mmax at timm's defaults
+    assert (ra.magnitude, ra.num_ops, ra.magnitude_std, ra.increasing) == (9.0, 2, 0.5, True)
+    assert (ra.prob, ra.max_magnitude, ra.ops) == (0.5, 10.0, TIMM_OPS)
+    # the EfficientNetV2 recipes clip at their largest progressive magnitude, not timm's default 10
+    assert [rand_augment(cfgs[f"efficientnetv2_{v}"].aa).max_magnitude for v in "sml"] == [10, 15, 20]
 
 
 def test_flags_override_the_recipe_and_drop_path_follows_the_model_size():

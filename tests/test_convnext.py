@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import OFFICIAL, rel_err
+from conftest import official_file, official_key_files, rel_err
 from moderncnn import create_model, from_official_config, list_models, load_weights
 from moderncnn.analysis.complexity import build_meta, count_gmacs, count_params
 from moderncnn.errors import CheckpointError
@@ -85,7 +85,7 @@ def test_auto_layout_detects_timm_and_official():
     model = create_model("convnext_atto", num_classes=10)
     _, used = convert_state_dict(ref.state_dict(), model, "auto")
     assert used == "native"  # timm keys are ours
-    official = {k: v for k, v in load_file(OFFICIAL / "convnext_tiny_cfg.safetensors").items()}
+    official = {k: v for k, v in load_file(official_file("convnext_tiny_cfg.safetensors")).items()}
     sd = {k[len("state_dict."):]: v for k, v in official.items() if k.startswith("state_dict.")}
     model = from_official_config("convnext.ConvNeXt", json.loads(_meta("convnext_tiny_cfg")["config"]))
     _, used = convert_state_dict(sd, model, "auto")
@@ -102,14 +102,14 @@ def test_timm_head_norm_first_is_refused():
 
 
 def _meta(stem: str) -> dict:
-    with safe_open(str(OFFICIAL / f"{stem}.safetensors"), "pt") as f:
+    with safe_open(str(official_file(f"{stem}.safetensors")), "pt") as f:
         return f.metadata()
 
 
 def test_official_golden_file():
     meta = _meta("convnext_tiny_cfg")
     assert meta["official_class"] == "convnext.ConvNeXt"
-    tensors = load_file(OFFICIAL / "convnext_tiny_cfg.safetensors")
+    tensors = load_file(official_file("convnext_tiny_cfg.safetensors"))
     sd = {k[len("state_dict."):]: v for k, v in tensors.items() if k.startswith("state_dict.")}
     model = from_official_config(meta["official_class"], meta["config"]).eval()
     load_weights(model, sd, layout="official")
@@ -126,7 +126,7 @@ def _keys_file_state_dict(path) -> dict[str, torch.Tensor]:
     return sd
 
 
-KEY_FILES = sorted((OFFICIAL / "keys").glob("official_convnext_*.keys.txt"))
+KEY_FILES = official_key_files("official_convnext_")
 
 
 def test_key_files_present():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from moderncnn.data.datasets import DATASETS, FASHION_MNIST_DIR, load_dataset
-from moderncnn.data.mixup import MixupCutmix, SoftTargetCrossEntropy, smooth_one_hot
+from moderncnn.data.mixup import MixupCutmix, smooth_one_hot
 from moderncnn.data.transforms import RandAugment, build_eval_transform, build_train_transform, resolve_mean_std
 from moderncnn.errors import DataError
 
@@ -209,7 +209,7 @@ def test_smooth_one_hot_and_soft_target_ce_match_torch():
     t = smooth_one_hot(y, 10, 0.1)
     assert t[0, 0].item() == pytest.approx(0.91) and t[0, 1].item() == pytest.approx(0.01)
     logits = torch.randn(4, 10)
-    loss = SoftTargetCrossEntropy()(logits, t)
+    loss = torch.nn.CrossEntropyLoss()(logits, t)  # the trainer's loss takes the probabilities as they are
     torch.testing.assert_close(loss, F.cross_entropy(logits, y, label_smoothing=0.1))
     with pytest.raises(ValueError, match="num_classes"):
         smooth_one_hot(y, 5)
@@ -293,3 +293,60 @@ def test_sample_uniform_is_uniform_and_keyed():
     hist = torch.histc(u.float(), bins=10, min=0, max=1)
     assert float(hist.min()) > 9_500 and float(hist.max()) < 10_500
     assert not torch.equal(sample_uniform(torch.arange(10), 0), sample_uniform(torch.arange(10), 1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# timm's RandAugment strings: every section honoured (checked against timm's own parser) or rejected
+
+TIMM_NAMES = {"AutoContrast": "autocontrast", "Equalize": "equalize", "Invert": "invert", "Rotate": "rotate",
+              "Posterize": "posterize", "Solarize": "solarize", "SolarizeAdd": "solarize_add", "Color": "color",
+              "Contrast": "contrast", "Brightness": "brightness", "Sharpness": "sharpness", "ShearX": "shear_x",
+              "ShearY": "shear_y", "TranslateXRel": "translate_x", "TranslateYRel": "translate_y"}
+
+
+@pytest.mark.parametrize("aa", ["rand-m9-inc1-mmax12-p0.5", "rand-m9-mstd0.5-inc1", "rand-m9-n3-mstd0.5",
+                                "rand-n1", "rand-m20-n2-mmax20", "rand-m7-mstd101-p0.25", "rand-m5-inc0-p1"])
+def test_rand_augment_string_reads_like_timm(aa):
+    from timm.data.auto_augment import rand_augment_transform
+
+    from moderncnn.data.transforms import rand_augment
+
+    ours, ref = rand_augment(aa), rand_augment_transform(aa, {})
+    assert ours.num_ops == ref.num_layers
+    assert list(ours.ops) == [TIMM_NAMES[o.name.replace("Increasing", "")] for o in ref.ops]
+    op = ref.ops[0]
+    assert (ours.magnitude, ours.prob, ours.magnitude_std) == (op.magnitude, op.prob, op.magnitude_std)
+    assert ours.max_magnitude == (op.magnitude_max or 10)
+    assert ours.increasing == any("Increasing" in o.name for o in ref.ops)
+
+
+def test_rand_augment_string_rejects_what_it_cannot_honour():
+    from moderncnn.data.transforms import rand_augment
+    from moderncnn.errors import ConfigError
+
+    for bad, why in [("rand-tweights", "section 'tweights'"), ("rand-w0", "section 'w0'"), ("augmix-m5", "only Rand"),
+                     ("rand-m9-x1", "section 'x1'"), ("rand-inc2", "inc must be 0 or 1"), ("rand-p1.5", "p in"),
+                     ("rand-m15", "above the clip mmax 10")]:
+        with pytest.raises(ConfigError, match=why):
+            rand_augment(bad)
+
+
+def test_rand_augment_probability_and_variants_change_the_pixels():
+    from timm.data.auto_augment import LEVEL_TO_ARG
+
+    from moderncnn.data.transforms import _OPS, _enhance_factor, rand_augment
+
+    img = torch.randint(0, 256, (3, 24, 24), dtype=torch.uint8)
+    torch.manual_seed(0)
+    assert all(torch.equal(rand_augment("rand-m9-p0")(img), img) for _ in range(20))  # p0: no op applies
+    assert any(not torch.equal(rand_augment("rand-m9-p1")(img), img) for _ in range(20))
+    # the magnitude -> op argument maps of timm's original (inc0) and increasing (inc1) variants
+    for m in (0, 3, 5, 9, 10):
+        s = m / 10
+        bits = {inc: LEVEL_TO_ARG["PosterizeIncreasing" if inc else "Posterize"](m, {})[0] for inc in (0, 1)}
+        for inc in (0, 1):
+            expect = img if bits[inc] >= 8 else (img >> (8 - bits[inc])) << (8 - bits[inc])
+            assert torch.equal(_OPS["posterize"](img, s, bool(inc)), expect), (m, inc)
+            thresh = LEVEL_TO_ARG["SolarizeIncreasing" if inc else "Solarize"](m, {})[0]
+            assert torch.equal(_OPS["solarize"](img, s, bool(inc)), torch.where(img.int() >= thresh, 255 - img, img))
+        assert _enhance_factor(s, False) == pytest.approx(LEVEL_TO_ARG["Color"](m, {})[0])

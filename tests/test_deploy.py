@@ -265,7 +265,9 @@ def test_safetensors_export_round_trip(tmp_path, capsys):
     assert "fused the model first" in out and "training mode" in out
     assert result.path.suffix == ".safetensors" and result.path.with_suffix(".json").is_file()
     side = json.loads(result.path.with_suffix(".json").read_text())
-    assert side["model_name"] == name and side["overrides"] == {"num_classes": 10} and side["fused"]
+    # the description (interop.spec): name, the head, the fused form, nothing else overridden
+    spec = side["spec"]
+    assert spec["name"] == name and spec["num_classes"] == 10 and spec["overrides"] == {} and spec["form"] == "fused"
     restored = load_exported(result.path)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

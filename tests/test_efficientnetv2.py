@@ -11,10 +11,10 @@ from torch import nn
 from conftest import randomize_bn, rel_err
 from moderncnn import create_model
 from moderncnn.analysis.complexity import build_meta, count_gmacs, count_params
+from moderncnn.deploy import count_batchnorms, fuse
 from moderncnn.errors import ConfigError
 from moderncnn.interop import load_weights
 from moderncnn.layers import DropPath
-from moderncnn.layers.reparam import fuse_conv_bn
 from moderncnn.models.efficientnetv2 import (
     Conv2dSame,
     FusedMBConv,
@@ -327,10 +327,10 @@ def test_tf_model_convs_pad_like_tf():
 
 
 def test_bn_folding_keeps_tf_padding():
-    """fuse_conv_bn deep-copies the conv, so a folded Conv2dSame still pads the TF way."""
+    """The BN folds into the conv's weight and bias, so a folded Conv2dSame still pads the TF way."""
     cb = _random_bn(conv_bn(get_entry("tf_efficientnetv2_s").cfg, 8, 16, kernel=3, stride=2, act=False))
-    fused = fuse_conv_bn(cb.conv, cb.bn)
-    assert isinstance(fused, Conv2dSame)
+    fused = fuse(cb)
+    assert isinstance(fused.conv, Conv2dSame) and count_batchnorms(fused) == 0
     for size in (16, 17):
         x = torch.randn(2, 8, size, size)
         with torch.no_grad():

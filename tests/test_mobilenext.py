@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import OFFICIAL, randomize_bn, rel_err
+from conftest import OFFICIAL, official_file, randomize_bn, rel_err
 from moderncnn import create_model, from_official_config, load_weights
 from moderncnn.analysis.complexity import build_meta, count_gmacs, count_params
 from moderncnn.errors import CheckpointError, ConfigError
@@ -94,7 +94,7 @@ def test_feature_levels():
 
 
 def _golden(stem: str):
-    path = OFFICIAL / f"{stem}.safetensors"
+    path = official_file(f"{stem}.safetensors")  # mobilenext_100 (9 MB): full reference data only
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     tensors = load_file(path)
@@ -140,7 +140,7 @@ def test_every_key_file_is_covered():
 @pytest.mark.parametrize("stem", sorted(KEY_FILES))
 def test_official_keys_map_completely(stem):
     sd = {}
-    for line in (OFFICIAL / "keys" / f"{stem}.keys.txt").read_text().splitlines():
+    for line in official_file(f"keys/{stem}.keys.txt").read_text().splitlines():
         key, shape = line.split("\t")
         sd[key] = torch.empty(json.loads(shape), device="meta")
     model = build_meta(KEY_FILES[stem])

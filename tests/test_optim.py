@@ -169,15 +169,15 @@ def test_cosine_and_constant():
         LRSchedule(0.1, 10, 1, sched="poly")
 
 
-def test_schedule_sets_groups_with_lr_scale_and_roundtrips():
+def test_schedule_sets_groups_with_lr_scale_and_is_a_function_of_the_step():
     model = nn.Linear(2, 2)
     opt = torch.optim.SGD([{"params": [model.weight], "lr_scale": 0.5}, {"params": [model.bias]}], lr=1.0)
     s = LRSchedule(0.2, total_steps=100, steps_per_epoch=10, sched="cosine")
     s.step(opt, 50)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
     assert opt.param_groups[1]["lr"] == pytest.approx(0.1)
-    s2 = LRSchedule(1.0, total_steps=1, steps_per_epoch=1)
-    s2.load_state_dict(s.state_dict())
+    # no state to save: a schedule built again from the same arguments (as a resume does) gives the same rates
+    s2 = LRSchedule(0.2, total_steps=100, steps_per_epoch=10, sched="cosine")
     assert [s2.lr_at(i) for i in range(0, 100, 7)] == [s.lr_at(i) for i in range(0, 100, 7)]
 
 

@@ -1,10 +1,11 @@
-"""Progressive learning schedules against the reference tables (architectures.md §2.5)."""
+"""Progressive learning schedules against the paper's and the released code's tables (docs/training.md,
+"Progressive learning")."""
 
 import pytest
 
 from moderncnn.training.progressive import ProgressiveSchedule, StageParams, from_model
 
-# Released code (google/automl efficientnetv2 main.py + effnetv2_configs.py), reference §2.5 table:
+# Released code (google/automl efficientnetv2 main.py + effnetv2_configs.py), docs/training.md:
 # model: (sizes, RandAugment m, mixup = cutmix alpha, constant dropout)
 OFFICIAL = {
     "s": ((171, 214, 257, 300), (5, 6.67, 8.33, 10), (0, 0, 0, 0), 0.2),

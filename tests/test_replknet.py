@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import moderncnn.kernels
-from conftest import OFFICIAL, randomize_bn, rel_err
+from conftest import official_file, randomize_bn, rel_err
 from moderncnn import (
     CheckpointError,
     ConfigError,
@@ -21,7 +21,6 @@ from moderncnn.interop import convert_state_dict
 from moderncnn.models.replknet import ReparamLargeKernelConv, RepLKBlock, RepLKNet
 from moderncnn.registry import get_entry
 
-GOLDEN = OFFICIAL / "replknet_tiny.safetensors"
 SMALL = dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), large_kernel_sizes=(13, 11, 9, 7))
 
 
@@ -94,14 +93,14 @@ def _golden():
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    meta = safe_open(str(GOLDEN), "pt").metadata()
-    tensors = load_file(str(GOLDEN))
+    path = official_file("replknet_tiny.safetensors")
+    meta = safe_open(str(path), "pt").metadata()
+    tensors = load_file(str(path))
     train = {k[len("state_dict."):]: v for k, v in tensors.items() if k.startswith("state_dict.")}
     deploy = {k[len("deploy."):]: v for k, v in tensors.items() if k.startswith("deploy.")}
     return meta, tensors, train, deploy
 
 
-@pytest.mark.skipif(not GOLDEN.exists(), reason="reference data not available")
 def test_official_golden():
     meta, t, train, deploy = _golden()
     assert meta["official_class"] == "replknet.RepLKNet"
@@ -124,7 +123,6 @@ def test_official_golden():
         assert rel_err(merged(t["input"]), t["deploy_output"]) <= 1e-5
 
 
-@pytest.mark.skipif(not GOLDEN.exists(), reason="reference data not available")
 def test_official_form_mismatch_is_explained():
     meta, _, train, deploy = _golden()
     merged = from_official_config(meta["official_class"], meta["config"], small_kernel_merged=True)
@@ -167,9 +165,7 @@ def _read_keys(path):
 
 @pytest.mark.parametrize("variant", ["31b", "31l", "xl"])
 def test_official_keys_map_completely(variant):
-    path = OFFICIAL / "keys" / f"official_replknet_{variant}.keys.txt"
-    if not path.exists():
-        pytest.skip("reference data not available")
+    path = official_file(f"keys/official_replknet_{variant}.keys.txt")  # 31l: full reference data only
     model = build_meta(f"replknet_{variant}")
     converted, layout = convert_state_dict(_read_keys(path), model, layout="official")
     target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -180,9 +176,7 @@ def test_official_keys_map_completely(variant):
 
 def test_official_intermediate_norm_keys():
     """XL's downstream checkpoints add ``stages.i.norm`` (norm_intermediate_features) and drop the head."""
-    path = OFFICIAL / "keys" / "official_replknet_xl.keys.txt"
-    if not path.exists():
-        pytest.skip("reference data not available")
+    path = official_file("keys/official_replknet_xl.keys.txt")
     sd = {k: v for k, v in _read_keys(path).items() if not k.startswith(("norm.", "head."))}
     for i, c in enumerate((256, 512, 1024, 2048)):
         for name in ("weight", "bias", "running_mean", "running_var"):

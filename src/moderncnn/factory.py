@@ -1,4 +1,7 @@
-"""``create_model``: build any registered model by name, with validated options."""
+"""``create_model``: build any registered model by name, with validated options.
+
+Dependencies point one way: ``factory`` -> ``interop`` (weights) -> ``registry`` (the model object).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ from typing import Any
 
 from torch import nn
 
-from .registry import get_entry, resolve_config
+from .errors import ConfigError
+from .interop import load_weights
+from .registry import build_model
 
 
 def create_model(
@@ -29,31 +34,16 @@ def create_model(
     ``drop_path_rate`` left at ``None`` keep the variant's default. ``checkpoint_path`` loads weights
     (ours, timm's or the official layout) before the head is removed for ``features_only``.
     """
-    entry = get_entry(name)
     opts: dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, **overrides)
     if drop_rate is not None:
         opts["drop_rate"] = drop_rate
     if drop_path_rate is not None:
         opts["drop_path_rate"] = drop_path_rate
-    cfg = resolve_config(name, **opts)
-    model = entry.model_cls(cfg)
-    model.model_name = name
-    test_size = entry.test_input_size or entry.input_size
-    model.pretrained_cfg = {
-        "architecture": name,
-        "family": entry.family,
-        "input_size": (in_chans, entry.input_size, entry.input_size),
-        "test_input_size": (in_chans, test_size, test_size),
-        "num_classes": num_classes,
-    }
+    model = build_model(name, **opts)
     if checkpoint_path is not None:
-        from .interop import load_weights
-
         load_weights(model, checkpoint_path)
     if features_only:
         model.as_features(out_indices)
     elif out_indices is not None:
-        from .errors import ConfigError
-
         raise ConfigError("out_indices only applies with features_only=True")
     return model

@@ -91,6 +91,32 @@ def resolve_config(name: str, **overrides: Any) -> Any:
             f"{name} has no option {', '.join(msgs)}; valid options: {', '.join(sorted(fields))}"
         )
     try:
-        return dataclasses.replace(entry.cfg, **overrides)
+        cfg = dataclasses.replace(entry.cfg, **overrides)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid options for {name}: {exc}") from exc
+    from .validation import check_model_options
+
+    check_model_options(name, cfg, entry.cfg)
+    return cfg
+
+
+def build_model(name: str, **options: Any) -> nn.Module:
+    """The registered model ``name`` with config fields ``options`` (random weights, train form).
+
+    The one place a model object is made from its registry entry: :func:`moderncnn.create_model` adds
+    weights and features-only on top, and interop's official-config builders and model descriptions use
+    it directly (so nothing below ``factory`` has to import it).
+    """
+    entry = get_entry(name)
+    cfg = resolve_config(name, **options)
+    model = entry.model_cls(cfg)
+    model.model_name = name
+    test_size = entry.test_input_size or entry.input_size
+    model.pretrained_cfg = {
+        "architecture": name,
+        "family": entry.family,
+        "input_size": (cfg.in_chans, entry.input_size, entry.input_size),
+        "test_input_size": (cfg.in_chans, test_size, test_size),
+        "num_classes": cfg.num_classes,
+    }
+    return model

@@ -1,5 +1,5 @@
 """Mixup (Zhang et al., ICLR 2018), CutMix (Yun et al., ICCV 2019) and label smoothing (Szegedy et al., 2016)
-as batch-level operations that return soft targets, plus the matching soft-target cross-entropy.
+as batch-level operations that return probability targets, which ``nn.CrossEntropyLoss`` takes as they are.
 
 EfficientNetV2's progressive learning raises the mixup/cutmix alpha per stage, so the alphas are mutable
 attributes. With both alphas > 0 the official code gives half the batch mixup and half cutmix
@@ -11,10 +11,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-__all__ = ["MixupCutmix", "SoftTargetCrossEntropy", "smooth_one_hot"]
+__all__ = ["MixupCutmix", "smooth_one_hot"]
 
 
 def smooth_one_hot(y: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
@@ -27,13 +25,6 @@ def smooth_one_hot(y: torch.Tensor, num_classes: int, smoothing: float = 0.0) ->
     off = smoothing / num_classes
     out = torch.full((y.shape[0], num_classes), off, device=y.device, dtype=torch.float32)
     return out.scatter_(1, y.long().view(-1, 1), 1.0 - smoothing + off)
-
-
-class SoftTargetCrossEntropy(nn.Module):
-    """``mean_n sum_k -t[n, k] * log_softmax(x)[n, k]`` for soft targets ``t``."""
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
 def _beta(alpha: float) -> float:

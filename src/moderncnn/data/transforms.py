@@ -1,40 +1,48 @@
 """Train / eval transforms on uint8 image tensors, with RandAugment whose magnitude can change between epochs.
 
+Cropping, flipping, random erasing and the eval resize/centre-crop are torchvision's ``transforms.v2``; only
+RandAugment is ours (see :class:`RandAugment` for what v2's cannot do).
+
 RandAugment (Cubuk et al., NeurIPS 2020) picks ``num_ops`` operations uniformly at random and applies each with
 a shared magnitude. EfficientNetV2's progressive learning (Tan & Le, ICML 2021, §4) raises that magnitude from
 5 to 10-25 over training, so the magnitude here is a mutable attribute and is not capped at 10.
 
-**Magnitude scale.** We use TensorFlow's scale (``google/automl/efficientnetv2/autoaugment.py``): an op's
-strength is ``magnitude / 10`` (TF's ``_MAX_LEVEL = 10``) times the op's range below, and magnitudes above 10
-extrapolate linearly, as in TF, so the official values 5-20 (paper: up to 25) mean what they meant there.
-Magnitudes are clipped to ``[0, max_magnitude]`` (default 30). At strength ``s = magnitude / 10``:
+**Magnitude scale.** TensorFlow's (``google/automl/efficientnetv2/autoaugment.py``), which timm's follows: an
+op's strength is ``magnitude / 10`` (``_MAX_LEVEL = 10``) times the op's range below, and magnitudes above 10
+extrapolate linearly, so the official values 5-20 (paper: up to 25) mean what they meant there. The class
+clips magnitudes to ``[0, max_magnitude]`` (default 30); a timm string (:func:`rand_augment`) clips at its
+``mmax`` (timm's default: 10). At strength ``s = magnitude / 10``:
 
 =============== =============================================================================================
-rotate          ``30 * s`` degrees, random sign (TF: 30 at level 10)
+rotate          ``30 * s`` degrees, random sign
 shear_x/y       shear factor ``0.3 * s``, random sign
-translate_x/y   ``0.45 * s`` of the image side (TF: 100 px at 224 = 0.446), random sign, at most the side
-color, contrast, brightness, sharpness  factor ``1 + 0.9 * s`` with random sign, floored at 0
-posterize       keep ``8 - int(4 * s)`` bits, at least 1
-solarize        invert pixels above ``256 - 256 * s``
+translate_x/y   ``0.45 * s`` of the image side, random sign, at most the side
+color, contrast, brightness, sharpness  increasing: factor ``1 + 0.9 * s`` with random sign, floored at 0.1;
+                original: factor ``0.1 + 1.8 * s``
+posterize       increasing: keep ``4 - int(4 * s)`` bits (at least 0); original: keep ``int(4 * s)`` (at most 8)
+solarize        increasing: invert pixels from ``256 - int(256 * s)``; original: from ``int(256 * s)``
 solarize_add    add ``110 * s`` to pixels below 128
-cutout          grey square of side ``0.36 * s`` of the shorter side (TF: 80 px at 224)
+cutout          grey square of side ``0.36 * s`` of the shorter side (TF's list; timm's rand list omits it)
 autocontrast, equalize, invert   no magnitude
 =============== =============================================================================================
 
-Deviations from TF, chosen so that a larger magnitude always means a stronger distortion (which is what the
-progressive schedule assumes): posterize, solarize and the four "enhance" ops use the increasing variants
-(timm's ``inc1``); TF's versions get *weaker* past a point (posterize at level 20 keeps all 8 bits). Each
-selected op is applied (TF: probability 1; timm's default is 0.5 - set ``prob``).
+The "increasing" variants (timm's ``inc1``, the default of the class) make a larger magnitude always a
+stronger distortion, which the progressive schedule assumes; the "original" ones (``inc0``, timm's
+default for a string) get weaker past a point.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import torch
+import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as F
 from torch import nn
+
+from ..errors import ConfigError
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -44,6 +52,7 @@ __all__ = [
     "TrainTransform",
     "build_eval_transform",
     "build_train_transform",
+    "rand_augment",
     "resolve_mean_std",
 ]
 
@@ -75,21 +84,27 @@ def _signed(value: float) -> float:
     return -value if torch.rand(()) < 0.5 else value
 
 
-def _enhance_factor(s: float) -> float:
-    return max(0.0, 1.0 + _signed(0.9 * s))
+def _enhance_factor(s: float, increasing: bool) -> float:
+    return max(0.1, 1.0 + _signed(0.9 * s)) if increasing else 0.1 + 1.8 * s
 
 
-def _solarize(img: torch.Tensor, s: float) -> torch.Tensor:
-    threshold = 256.0 - 256.0 * s  # pixels >= threshold are inverted; above 255 nothing is
-    return img if threshold > 255 else F.solarize(img, max(0.0, threshold))
+def _posterize(img: torch.Tensor, s: float, increasing: bool) -> torch.Tensor:
+    bits = 4 - int(4 * s) if increasing else int(4 * s)
+    return img if bits >= 8 else F.posterize(img, max(0, bits))
 
 
-def _solarize_add(img: torch.Tensor, s: float) -> torch.Tensor:
+def _solarize(img: torch.Tensor, s: float, increasing: bool) -> torch.Tensor:
+    level = int(256 * s)  # timm's level -> threshold, truncated
+    threshold = 256 - level if increasing else level  # pixels >= threshold are inverted
+    return img if threshold > 255 else F.solarize(img, max(0, threshold))
+
+
+def _solarize_add(img: torch.Tensor, s: float, increasing: bool) -> torch.Tensor:
     added = (img.to(torch.int16) + int(110 * s)).clamp_(0, 255).to(torch.uint8)
     return torch.where(img < 128, added, img)
 
 
-def _cutout(img: torch.Tensor, s: float) -> torch.Tensor:
+def _cutout(img: torch.Tensor, s: float, increasing: bool) -> torch.Tensor:
     h, w = img.shape[-2:]
     half = int(0.36 * s * min(h, w)) // 2
     if half <= 0:
@@ -113,38 +128,46 @@ def _translate(img: torch.Tensor, s: float, axis: int) -> torch.Tensor:
     return F.affine(img, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0], fill=[_FILL] * img.shape[0])
 
 
-# name -> op(img uint8 (C, H, W), strength s = magnitude / 10) -> img
+# name -> op(img uint8 (C, H, W), strength s = magnitude / 10, increasing variant) -> img
 _OPS = {
-    "autocontrast": lambda img, s: F.autocontrast(img),
-    "equalize": lambda img, s: F.equalize(img),
-    "invert": lambda img, s: F.invert(img),
-    "rotate": lambda img, s: F.rotate(img, _signed(30.0 * s), fill=[_FILL] * img.shape[0]),
-    "posterize": lambda img, s: F.posterize(img, max(1, 8 - int(4 * s))),
-    "solarize": lambda img, s: _solarize(img, s),
+    "autocontrast": lambda img, s, inc: F.autocontrast(img),
+    "equalize": lambda img, s, inc: F.equalize(img),
+    "invert": lambda img, s, inc: F.invert(img),
+    "rotate": lambda img, s, inc: F.rotate(img, _signed(30.0 * s), fill=[_FILL] * img.shape[0]),
+    "posterize": _posterize,
+    "solarize": _solarize,
     "solarize_add": _solarize_add,
-    "color": lambda img, s: F.adjust_saturation(img, _enhance_factor(s)),
-    "contrast": lambda img, s: F.adjust_contrast(img, _enhance_factor(s)),
-    "brightness": lambda img, s: F.adjust_brightness(img, _enhance_factor(s)),
-    "sharpness": lambda img, s: F.adjust_sharpness(img, _enhance_factor(s)),
-    "shear_x": lambda img, s: _shear(img, s, 0),
-    "shear_y": lambda img, s: _shear(img, s, 1),
-    "translate_x": lambda img, s: _translate(img, s, 0),
-    "translate_y": lambda img, s: _translate(img, s, 1),
+    "color": lambda img, s, inc: F.adjust_saturation(img, _enhance_factor(s, inc)),
+    "contrast": lambda img, s, inc: F.adjust_contrast(img, _enhance_factor(s, inc)),
+    "brightness": lambda img, s, inc: F.adjust_brightness(img, _enhance_factor(s, inc)),
+    "sharpness": lambda img, s, inc: F.adjust_sharpness(img, _enhance_factor(s, inc)),
+    "shear_x": lambda img, s, inc: _shear(img, s, 0),
+    "shear_y": lambda img, s, inc: _shear(img, s, 1),
+    "translate_x": lambda img, s, inc: _translate(img, s, 0),
+    "translate_y": lambda img, s, inc: _translate(img, s, 1),
     "cutout": _cutout,
 }
+TIMM_OPS = tuple(op for op in _OPS if op != "cutout")  # timm's rand list: TF's without cutout
 
 
 class RandAugment(nn.Module):
     """RandAugment on uint8 ``(C, H, W)`` tensors, TF magnitude scale (see the module docstring).
+
+    Ours rather than ``torchvision.transforms.v2.RandAugment`` because v2's cannot do what training here
+    needs: its magnitude is an integer bin index into fixed ranges (``num_magnitude_bins``, at most the top
+    bin), not TF's ``magnitude / 10`` scale extrapolating past 10 that EfficientNetV2's progressive schedule
+    (5 -> 20) is written in; it has no per-op magnitude noise (timm's ``mstd``), no per-op probability
+    (timm's ``p``), no increasing/original variants (timm's ``inc``), and no solarize_add or cutout.
 
     Args:
         num_ops: operations applied per image (EfficientNetV2: 2).
         magnitude: shared magnitude, 0..``max_magnitude``; mutable between epochs (``ra.magnitude = 15``).
         magnitude_std: per-op Gaussian noise on the magnitude (timm's ``mstd``); ``float('inf')`` samples it
             uniformly in ``[0, magnitude]``.
-        max_magnitude: clip for the (noisy) magnitude.
-        prob: probability of applying each selected op (TF 1.0, timm 0.5).
+        max_magnitude: clip for the (noisy) magnitude (timm's ``mmax``).
+        prob: probability of applying each selected op (timm's ``p``; TF 1.0 here, timm 0.5).
         ops: subset of op names (default: all 16 of TF's RandAugment list).
+        increasing: the op variants whose distortion grows with the magnitude (timm's ``inc1``).
     """
 
     OPS: tuple[str, ...] = tuple(_OPS)
@@ -157,6 +180,7 @@ class RandAugment(nn.Module):
         max_magnitude: float = 30.0,
         prob: float = 1.0,
         ops: Sequence[str] | None = None,
+        increasing: bool = True,
     ) -> None:
         super().__init__()
         ops = tuple(ops) if ops is not None else self.OPS
@@ -165,12 +189,15 @@ class RandAugment(nn.Module):
             raise ValueError(f"Unknown RandAugment ops {unknown}; valid: {', '.join(_OPS)}")
         if magnitude < 0 or magnitude > max_magnitude:
             raise ValueError(f"RandAugment magnitude must be in [0, {max_magnitude}], got {magnitude}")
+        if not 0 <= prob <= 1:
+            raise ValueError(f"RandAugment prob must be in [0, 1], got {prob}")
         self.num_ops = num_ops
         self.magnitude = float(magnitude)
         self.magnitude_std = float(magnitude_std)
         self.max_magnitude = float(max_magnitude)
         self.prob = prob
         self.ops = ops
+        self.increasing = increasing
 
     def _sample_magnitude(self) -> float:
         m = self.magnitude
@@ -187,12 +214,39 @@ class RandAugment(nn.Module):
             name = self.ops[int(torch.randint(len(self.ops), ()))]
             if self.prob < 1.0 and float(torch.rand(())) >= self.prob:
                 continue
-            img = _OPS[name](img, self._sample_magnitude() / 10.0)
+            img = _OPS[name](img, self._sample_magnitude() / 10.0, self.increasing)
         return img
 
     def extra_repr(self) -> str:
         return (f"num_ops={self.num_ops}, magnitude={self.magnitude}, magnitude_std={self.magnitude_std}, "
-                f"max_magnitude={self.max_magnitude}, prob={self.prob}")
+                f"max_magnitude={self.max_magnitude}, prob={self.prob}, increasing={self.increasing}")
+
+
+def rand_augment(aa: str) -> RandAugment:
+    """timm's RandAugment string (``rand-m9-n2-mstd0.5-inc1-mmax12-p0.5``) as timm reads it: ``m`` magnitude
+    (default 10), ``n`` ops per image (2), ``p`` probability of each op (0.5), ``mstd`` magnitude noise (above
+    100: uniform in [0, m]), ``mmax`` magnitude clip (10), ``inc`` increasing variants (0), and timm's list of
+    15 ops. Its ``t`` (op set by name) section, anything else, and an ``m`` above ``mmax`` (which timm silently
+    clips) are errors."""
+    parts = aa.split("-")
+    if parts[0] != "rand":
+        raise ConfigError(f"--aa {aa!r}: only RandAugment is supported, written like timm: 'rand-m9-n2-mstd0.5'")
+    values = {"m": 10.0, "n": 2.0, "p": 0.5, "mstd": 0.0, "mmax": 10.0, "inc": 0.0}
+    for part in parts[1:]:
+        match = re.fullmatch(r"(mstd|mmax|inc|m|n|p)([0-9]+(?:\.[0-9]*)?)", part)
+        if not match:
+            raise ConfigError(f"--aa {aa!r}: cannot read section {part!r}; supported sections (timm's): m<magnitude>, "
+                              "n<ops>, p<probability>, mstd<std>, mmax<clip>, inc<0|1> (timm's t<op set> is not)")
+        values[match.group(1)] = float(match.group(2))
+    if values["inc"] not in (0, 1) or values["n"] != int(values["n"]) or not 0 <= values["p"] <= 1:
+        raise ConfigError(f"--aa {aa!r}: inc must be 0 or 1, n a whole number, p in [0, 1]")
+    if values["m"] > values["mmax"]:
+        raise ConfigError(f"--aa {aa!r}: magnitude {values['m']:g} is above the clip mmax {values['mmax']:g} (timm's "
+                          f"default 10), where timm would silently use {values['mmax']:g}; add -mmax{values['m']:g} "
+                          "or lower m")
+    mstd = float("inf") if values["mstd"] > 100 else values["mstd"]
+    return RandAugment(int(values["n"]), magnitude=values["m"], magnitude_std=mstd,
+                       max_magnitude=values["mmax"], prob=values["p"], ops=TIMM_OPS, increasing=values["inc"] == 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -234,34 +288,18 @@ class _ToModelInput:
         return x.sub_(self.mean).div_(self.std)
 
 
-def _random_erase(x: torch.Tensor, scale: tuple[float, float] = (0.02, 1 / 3)) -> torch.Tensor:
-    """Random erasing (Zhong et al., AAAI 2020), timm's "pixel" mode: one box of per-pixel N(0, 1) noise in the
-    normalized image, area ``scale`` of the image, aspect ratio in [0.3, 1/0.3]."""
-    log_ratio = (math.log(0.3), math.log(1 / 0.3))
-    _, h, w = x.shape
-    area = h * w
-    for _ in range(10):
-        target = area * float(torch.empty(()).uniform_(*scale))
-        ratio = math.exp(float(torch.empty(()).uniform_(*log_ratio)))
-        eh, ew = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
-        if 0 < eh < h and 0 < ew < w:
-            top, left = int(torch.randint(h - eh + 1, ())), int(torch.randint(w - ew + 1, ()))
-            x[:, top: top + eh, left: left + ew] = torch.randn(x.shape[0], eh, ew)
-            return x
-    return x
-
-
 class TrainTransform:
     """Training transform: crop -> flip -> RandAugment -> float/normalize -> random erasing.
 
-    ``img_size``, ``ra_magnitude`` (0 disables RandAugment) and ``re_prob`` are plain attributes the trainer
-    may change between epochs or progressive stages (with DataLoader workers, re-create the workers, i.e.
+    ``img_size``, ``ra_magnitude`` (0 disables RandAugment) and ``re_prob`` are attributes the trainer may
+    change between epochs or progressive stages (with DataLoader workers, re-create the workers, i.e.
     ``persistent_workers=False``, for a change to reach them).
 
-    Crop modes: ``"rrc"`` random-resized-crop (Inception-style, ``scale`` of the area and ``ratio`` of the
+    Crop modes: ``"rrc"`` v2 ``RandomResizedCrop`` (Inception-style, ``scale`` of the area and ``ratio`` of the
     aspect); ``"pad"`` resizes to ``img_size``, pads ``pad`` pixels (default ``img_size // 8``) and takes a
-    random ``img_size`` crop (the CIFAR recipe; right for 28-32 px images, where a (0.08, 1) crop erases the
-    object).
+    v2 ``RandomCrop`` of ``img_size`` (the CIFAR recipe; right for 28-32 px images, where a (0.08, 1) crop
+    erases the object). Random erasing is v2's ``RandomErasing`` with per-pixel N(0, 1) noise in the
+    normalized image (Zhong et al., AAAI 2020; timm's "pixel" mode).
     """
 
     def __init__(
@@ -275,25 +313,32 @@ class TrainTransform:
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         pad: int | None = None,
         hflip: float = 0.5,
-        ra_magnitude: float = 0.0,
-        ra_num_ops: int = 2,
-        ra_magnitude_std: float = 0.0,
+        randaugment: RandAugment | None = None,
         re_prob: float = 0.0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         if crop not in ("rrc", "pad"):
             raise ValueError(f"crop must be 'rrc' or 'pad', got {crop!r}")
-        self.img_size = int(img_size)
-        self.crop = crop
-        self.scale = tuple(scale)
-        self.ratio = tuple(ratio)
-        self.pad = pad
-        self.hflip = hflip
-        self.randaugment = RandAugment(ra_num_ops, magnitude=0.0, magnitude_std=ra_magnitude_std)
-        self.ra_magnitude = ra_magnitude
-        self.re_prob = re_prob
+        self.crop, self.scale, self.ratio, self.pad, self.hflip = crop, tuple(scale), tuple(ratio), pad, hflip
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.rrc = T.RandomResizedCrop(img_size, scale=self.scale, ratio=self.ratio, antialias=True)
+        self.flip = T.RandomHorizontalFlip(hflip)
+        self.randaugment = randaugment if randaugment is not None else RandAugment(magnitude=0.0)
+        self.erasing = T.RandomErasing(re_prob, value="random")
         self.to_input = _ToModelInput(in_chans, source_chans, mean, std)
+        self.img_size = img_size
+
+    @property
+    def img_size(self) -> int:
+        return self._img_size
+
+    @img_size.setter
+    def img_size(self, value: int) -> None:
+        self._img_size = int(value)
+        self.rrc.size = (self._img_size, self._img_size)
+        pad = self.pad if self.pad is not None else max(1, self._img_size // 8)
+        self.pad_crop = T.RandomCrop(self._img_size, padding=pad, fill=0)
 
     @property
     def ra_magnitude(self) -> float:
@@ -305,56 +350,37 @@ class TrainTransform:
             raise ValueError(f"ra_magnitude must be in [0, {self.randaugment.max_magnitude}], got {value}")
         self.randaugment.magnitude = float(value)
 
-    def _random_resized_crop(self, img: torch.Tensor) -> torch.Tensor:
-        h, w = img.shape[-2:]
-        area = h * w
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            target = area * float(torch.empty(()).uniform_(*self.scale))
-            aspect = math.exp(float(torch.empty(()).uniform_(*log_ratio)))
-            cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-            if 0 < cw <= w and 0 < ch <= h:
-                top, left = int(torch.randint(h - ch + 1, ())), int(torch.randint(w - cw + 1, ()))
-                break
-        else:  # fall back to a central crop at the nearest allowed aspect
-            in_ratio = w / h
-            if in_ratio < self.ratio[0]:
-                cw, ch = w, int(round(w / self.ratio[0]))
-            elif in_ratio > self.ratio[1]:
-                ch, cw = h, int(round(h * self.ratio[1]))
-            else:
-                cw, ch = w, h
-            top, left = (h - ch) // 2, (w - cw) // 2
-        return F.resized_crop(img, top, left, ch, cw, [self.img_size, self.img_size], antialias=True)
+    @property
+    def re_prob(self) -> float:
+        return self.erasing.p
 
-    def _pad_crop(self, img: torch.Tensor) -> torch.Tensor:
-        size = self.img_size
-        if tuple(img.shape[-2:]) != (size, size):
-            img = F.resize(img, [size, size], antialias=True)
-        pad = self.pad if self.pad is not None else max(1, size // 8)
-        img = F.pad(img, [pad, pad, pad, pad], fill=0)
-        top, left = int(torch.randint(2 * pad + 1, ())), int(torch.randint(2 * pad + 1, ()))
-        return img[..., top: top + size, left: left + size]
+    @re_prob.setter
+    def re_prob(self, value: float) -> None:
+        self.erasing.p = float(value)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        img = self._random_resized_crop(img) if self.crop == "rrc" else self._pad_crop(img)
-        if self.hflip > 0 and float(torch.rand(())) < self.hflip:
-            img = F.horizontal_flip(img)
+        if self.crop == "rrc":
+            img = self.rrc(img)
+        else:
+            if tuple(img.shape[-2:]) != (self.img_size, self.img_size):
+                img = F.resize(img, [self.img_size, self.img_size], antialias=True)
+            img = self.pad_crop(img)
+        if self.hflip > 0:
+            img = self.flip(img)
         if self.ra_magnitude > 0:
             img = self.randaugment(img)
         x = self.to_input(img)
-        if self.re_prob > 0 and float(torch.rand(())) < self.re_prob:
-            x = _random_erase(x)
-        return x
+        return self.erasing(x) if self.re_prob > 0 else x
 
     def __repr__(self) -> str:
         return (f"TrainTransform(img_size={self.img_size}, crop={self.crop!r}, scale={self.scale}, "
-                f"hflip={self.hflip}, ra_magnitude={self.ra_magnitude}, ra_num_ops={self.randaugment.num_ops}, "
+                f"hflip={self.hflip}, randaugment={self.randaugment.extra_repr()}, "
                 f"re_prob={self.re_prob}, in_chans={self.to_input.in_chans})")
 
 
 class EvalTransform:
-    """Resize the shorter side to ``img_size / crop_pct``, center-crop ``img_size``, float/normalize."""
+    """Resize the shorter side to ``img_size / crop_pct``, center-crop ``img_size``, float/normalize
+    (v2 ``Resize`` and ``CenterCrop``; ``crop_pct=1`` resizes straight to ``img_size``²)."""
 
     def __init__(self, img_size: int, *, in_chans: int, source_chans: int, crop_pct: float = 0.875,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
@@ -362,15 +388,14 @@ class EvalTransform:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
         self.img_size = int(img_size)
         self.crop_pct = crop_pct
+        size = self.img_size
+        self.resize = (T.Resize([size, size], antialias=True) if crop_pct >= 1.0 else
+                       T.Compose([T.Resize(int(math.floor(size / crop_pct)), antialias=True), T.CenterCrop(size)]))
         self.to_input = _ToModelInput(in_chans, source_chans, mean, std)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        size = self.img_size
-        if self.crop_pct >= 1.0:
-            img = F.resize(img, [size, size], antialias=True)
-        else:
-            img = F.resize(img, int(math.floor(size / self.crop_pct)), antialias=True)  # shorter side
-            img = F.center_crop(img, [size, size])
+        if tuple(img.shape[-2:]) != (self.img_size, self.img_size) or self.crop_pct < 1.0:
+            img = self.resize(img)
         return self.to_input(img)
 
     def __repr__(self) -> str:
@@ -384,7 +409,8 @@ def build_train_transform(
     source_chans: int,
     scale: tuple[float, float] = (0.08, 1.0),
     hflip: float = 0.5,
-    ra_magnitude: float = 0.0,
+    aa: str | None = None,
+    ra_magnitude: float | None = None,
     ra_num_ops: int = 2,
     re_prob: float = 0.0,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -393,13 +419,16 @@ def build_train_transform(
     pad: int | None = None,
     ra_magnitude_std: float = 0.0,
 ) -> TrainTransform:
-    """A :class:`TrainTransform`. ``mean``/``std`` may have 1 value or one per channel (see
-    :func:`resolve_mean_std`)."""
-    return TrainTransform(
-        img_size, in_chans=in_chans, source_chans=source_chans, crop=crop, scale=scale, pad=pad, hflip=hflip,
-        ra_magnitude=ra_magnitude, ra_num_ops=ra_num_ops, ra_magnitude_std=ra_magnitude_std, re_prob=re_prob,
-        mean=mean, std=std,
-    )
+    """A :class:`TrainTransform`. ``aa`` is timm's RandAugment string (:func:`rand_augment`); without it,
+    ``ra_num_ops``/``ra_magnitude_std`` build a TF-style one. ``ra_magnitude`` overrides the magnitude
+    (progressive learning); 0 turns RandAugment off. ``mean``/``std`` may have 1 value or one per channel."""
+    use_aa = bool(aa) and aa.lower() != "none"
+    ra = rand_augment(aa) if use_aa else RandAugment(ra_num_ops, magnitude=0.0, magnitude_std=ra_magnitude_std)
+    t = TrainTransform(img_size, in_chans=in_chans, source_chans=source_chans, crop=crop, scale=scale, pad=pad,
+                       hflip=hflip, randaugment=ra, re_prob=re_prob, mean=mean, std=std)
+    if ra_magnitude is not None:
+        t.ra_magnitude = ra_magnitude
+    return t
 
 
 def build_eval_transform(

@@ -2,8 +2,11 @@
 
 from .export import ExportResult, export_model, load_checkpoint_model, load_exported
 from .fuse import FuseReport, count_batchnorms, fuse, is_fused
+from .pipeline import DeployReport, deploy_model
 
 __all__ = [
+    "DeployReport",
+    "deploy_model",
     "ExportResult",
     "FuseReport",
     "count_batchnorms",

@@ -1,6 +1,6 @@
 """Throughput of our models (train form and fused deploy form), optionally side by side with timm.
 
-Protocol (performance.md §9): warm-up, device sync, then several rounds of timed iterations and the
+Protocol (docs/ecosystem.md, "Timing"): warm-up, device sync, then several rounds of timed iterations and the
 median per-batch time. With ``vs_timm`` our model and timm's implementation of the same model are timed
 in alternating rounds in the same process, so clock and thermal drift hit both alike. Inference runs
 under ``torch.inference_mode``; a training step is forward + backward + SGD step. ``precision`` bf16
@@ -166,51 +166,42 @@ def make_runner(
     return Runner(name, impl, form, mode, step, params, gmacs)
 
 
-def _time_round(runner: Runner, iters: int, dev: torch.device) -> float:
-    """Seconds per batch over ``iters`` back-to-back steps (CUDA events on GPU)."""
+def _elapsed_ms(fn: Callable[[], object], calls: int, dev: torch.device) -> float:
+    """Milliseconds for ``calls`` back-to-back calls of ``fn`` (CUDA events on a GPU, else wall clock)."""
     if dev.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(iters):
-            runner.step()
+        for _ in range(calls):
+            fn()
         end.record()
         end.synchronize()
-        return start.elapsed_time(end) / 1e3 / iters
+        return start.elapsed_time(end)
     t0 = time.perf_counter()
-    for _ in range(iters):
-        runner.step()
-    return (time.perf_counter() - t0) / iters
-
-
-def time_interleaved(
-    runners: list[Runner], dev: torch.device, *, warmup: int = 5, iters: int = 10, rounds: int = 5
-) -> list[float]:
-    """Median seconds per batch of each runner, measured in alternating rounds (A B A B ...)."""
-    for r in runners:
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(dev)
-        for _ in range(warmup):
-            r.step()
-        _sync(dev)
-        if dev.type == "cuda":
-            r.peak_mem_mb = torch.cuda.max_memory_allocated(dev) / 2**20
-    samples: list[list[float]] = [[] for _ in runners]
-    for _ in range(rounds):
-        for i, r in enumerate(runners):
-            samples[i].append(_time_round(r, iters, dev))
-    return [statistics.median(s) for s in samples]
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def time_rotating(
-    fns: dict[str, Callable[[], object]], rounds: int, *, warmup: int = 1, calls: int = 1, rewarm: bool = False
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    *,
+    warmup: int = 1,
+    calls: int = 1,
+    rewarm: bool = False,
+    together: bool = False,
+    device: str | torch.device = "cpu",
 ) -> dict[str, float]:
-    """Median milliseconds per call of each function (CPU wall clock), in rounds that rotate who goes first.
+    """Median milliseconds per call of each function, in rounds that rotate who goes first.
 
-    After ``warmup`` untimed calls each, every round gives each function ``calls`` timed calls, preceded,
-    with ``rewarm``, by one untimed call that brings its data back into the caches the others used.
-    Drift and load from other processes hit all functions alike.
+    The one timer of the package: ``moderncnn bench``, the deploy report (:func:`moderncnn.deploy.deploy_model`)
+    and the scripts in ``benchmarks/`` all time through it. After ``warmup`` untimed calls each, every round
+    gives each function ``calls`` timed calls, preceded, with ``rewarm``, by one untimed call that brings its
+    data back into the caches the others used. Each call is one sample, or with ``together`` the ``calls``
+    run back to back as one sample (their mean), which lets a GPU queue them as a training loop would.
+    On CUDA the time is read from CUDA events. Drift and load from other processes hit all functions alike.
     """
+    dev = torch.device(device)
     keys = list(fns)
     for _ in range(warmup):
         for fn in fns.values():
@@ -220,11 +211,30 @@ def time_rotating(
         for k in keys[i % len(keys):] + keys[: i % len(keys)]:
             if rewarm:
                 fns[k]()
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                fns[k]()
-                times[k].append((time.perf_counter() - t0) * 1e3)
+            if together:
+                times[k].append(_elapsed_ms(fns[k], calls, dev) / calls)
+            else:
+                times[k] += [_elapsed_ms(fns[k], 1, dev) for _ in range(calls)]
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def time_interleaved(
+    runners: list[Runner], dev: torch.device, *, warmup: int = 5, iters: int = 10, rounds: int = 5
+) -> list[float]:
+    """Median seconds per batch of each runner: ``warmup`` steps each (peak memory read after them), then
+    :func:`time_rotating` rounds of ``iters`` back-to-back steps."""
+    for r in runners:
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+        for _ in range(warmup):
+            r.step()
+        _sync(dev)
+        if dev.type == "cuda":
+            r.peak_mem_mb = torch.cuda.max_memory_allocated(dev) / 2**20
+    steps = {str(i): r.step for i, r in enumerate(runners)}
+    ms = time_rotating(steps, rounds, warmup=0, calls=iters, together=True, device=dev)
+    return [ms[str(i)] / 1e3 for i in range(len(runners))]
 
 
 def _combos(mode: str, form: str) -> Iterator[tuple[str, str]]:

@@ -3,38 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
+
+from ..errors import ConfigError
 
 # timm benchmark.py's --precision names for autocast (its pure float16/bfloat16 casts are not offered here)
 _TIMM_PRECISION = {"float32": "fp32", "amp": "fp16", "amp_float16": "fp16", "amp_bfloat16": "bf16"}
 
 
 def _fuse(args: argparse.Namespace) -> int:
-    from safetensors.torch import save_file
+    import torch
 
-    from .export import config_overrides, load_checkpoint_model
-    from .fuse import fuse
+    from .export import input_size, load_checkpoint_model
+    from .pipeline import deploy_model
 
     model = load_checkpoint_model(args.checkpoint, args.model, num_classes=args.num_classes, use_ema=args.ema)
-    fused, report = fuse(model, report=True)
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        out = Path(str(out) + ".safetensors")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in fused.state_dict().items()}, str(out),
-              metadata={"format": "pt", "moderncnn": "fused"})
-    side = {
-        "model_name": fused.model_name,
-        "overrides": config_overrides(fused),
-        "fused": True,
-        "features_only": bool(getattr(fused, "features_only", False)),
-        "out_indices": list(getattr(fused, "out_indices", ())) or None,
-    }
-    out.with_suffix(".json").write_text(json.dumps(side, indent=2, default=list) + "\n")
+    size = input_size(model, args.img_size)
+    sample = torch.randn(2, model.in_chans, size, size, generator=torch.Generator().manual_seed(0))
+    report = deploy_model(model, args.out, sample, form="fused", rounds=args.bench_rounds)
     print(report)
-    print(f"wrote {out} and {out.with_suffix('.json')}")
+    print(f"wrote {report.path} and {report.path.with_suffix('.json')}")
     return 0
 
 
@@ -62,7 +50,10 @@ def _bench(args: argparse.Namespace) -> int:
     names = []
     for pattern in models:  # shell patterns allowed: 'repvgg_a*'
         found = list_models(pattern) if any(c in pattern for c in "*?[") else [pattern]
+        if not found:
+            raise ConfigError(f"no model matches {pattern!r}; `moderncnn list` shows the names")
         names += found
+    _check_batch_fits(args.batch, args.img_size or 224)
     env = environment()
     print(" ".join(f"{k}={v}" for k, v in env.items()))
     print(HEADER)
@@ -78,6 +69,21 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_batch_fits(batch: int, size: int) -> None:
+    """Refuse a batch whose input tensor alone does not fit in this machine's memory (the activations need
+    many times more); a CUDA out-of-memory error is answered by ``moderncnn``'s error path."""
+    import os
+
+    need = batch * 3 * size * size * 4
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not every system reports it
+        return
+    if need > have:
+        raise ConfigError(f"-b {batch} at {size} px does not fit in memory: the input batch alone needs "
+                          f"{need / 2**30:.1f} GiB and this machine has {have / 2**30:.1f} GiB; lower -b")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fuse", help="write the deploy form (re-parameterized, BN folded) of a checkpoint")
     p.add_argument("checkpoint", help="our .safetensors, or a training checkpoint file or folder")
@@ -85,6 +91,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .safetensors (a .json config is written beside)")
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
+    p.add_argument("--img-size", type=int, default=None, help="size of the check/timing batch (default: the "
+                   "model's input size)")
+    p.add_argument("--bench-rounds", type=int, default=3, help="timed rounds of train vs deploy form (0: none)")
     p.set_defaults(func=_fuse)
 
     p = sub.add_parser("export", help="fuse, export to onnx / torch-export / safetensors, and verify")

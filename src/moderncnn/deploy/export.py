@@ -5,16 +5,15 @@ fused first, with a note saying so. The file is then reloaded (onnxruntime, ``to
 or ``create_model`` + ``load_weights``) and run on fresh random input at two batch sizes, and the
 relative error ``max|a − b| / max|b|`` against the fused PyTorch model is reported.
 
-Conventions (docs/ecosystem §5): ONNX goes through the dynamo exporter (``torch.onnx.export(...,
+Conventions (docs/ecosystem.md, "Export"): ONNX goes through the dynamo exporter (``torch.onnx.export(...,
 dynamo=True, dynamic_shapes=...)``) with a dynamic batch dimension, traced at batch ≥ 2 because
-``torch.export`` specializes size-1 dimensions; weights are published as ``.safetensors`` with a JSON
-config beside them (``model_name`` + config overrides), never as pickles.
+``torch.export`` specializes size-1 dimensions; weights are published as ``.safetensors`` described by a
+:class:`~moderncnn.interop.spec.ModelSpec` (in the metadata and as JSON beside them), never as pickles.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +23,13 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from ..errors import CheckpointError, ConfigError, InputShapeError
+from ..errors import CheckpointError, ConfigError, InputShapeError, UnknownModelError
+from ..interop import load_weights
+from ..interop.spec import WEIGHT_SUFFIXES, ModelSpec, find_description, missing_description, read_extra, save_weights
 from .fuse import fuse, is_fused
 
 FORMATS = ("onnx", "torch-export", "safetensors")
 SUFFIX = {"onnx": ".onnx", "torch-export": ".pt2", "safetensors": ".safetensors"}
-_SIDECAR_NAME_KEYS = ("model_name", "model", "architecture", "arch")
-_SIDECAR_OVERRIDE_KEYS = ("overrides", "model_kwargs", "model_args")
 
 
 @dataclass
@@ -44,47 +43,6 @@ class ExportResult:
 
 
 # -- which model -------------------------------------------------------------------------------------
-def _tuples(value: Any) -> Any:
-    """JSON lists back to the tuples our frozen configs use (``depths``, stage tables)."""
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
-
-
-def config_overrides(model: nn.Module) -> dict[str, Any]:
-    """The fields of ``model.cfg`` that differ from its registered variant (what rebuilds it)."""
-    from ..registry import get_entry
-
-    name = getattr(model, "model_name", None)
-    cfg = getattr(model, "cfg", None)
-    if cfg is None or name is None:
-        raise ConfigError(
-            f"{type(model).__name__} was not built by moderncnn.create_model, so its config cannot be "
-            "saved; export it as onnx or torch-export instead"
-        )
-    base = get_entry(name).cfg
-    return {
-        f.name: getattr(cfg, f.name)
-        for f in dataclasses.fields(cfg)
-        if getattr(cfg, f.name) != getattr(base, f.name, object())
-    }
-
-
-def read_sidecar(path: str | Path) -> dict[str, Any]:
-    """The JSON config that sits beside a weight file or in a checkpoint folder ({} if none)."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    candidates = [] if path.is_dir() else [path.with_suffix(".json"), Path(str(path) + ".json")]
-    candidates += [folder / "config.json", folder / "args.json"]
-    for cand in candidates:
-        if cand.is_file() and cand != path:
-            try:
-                return json.loads(cand.read_text())
-            except json.JSONDecodeError as exc:
-                raise CheckpointError(f"{cand} is not valid JSON: {exc}") from exc
-    return {}
-
-
 def _find_weights(folder: Path) -> Path:
     # a training run folder holds best/last (train form) and model_deploy (fused, with its own JSON)
     names = ("best.safetensors", "last.safetensors", "model.safetensors", "last.pth", "last.pt", "checkpoint.pth",
@@ -110,39 +68,39 @@ def load_checkpoint_model(
 ) -> nn.Module:
     """Build the model a checkpoint (file or training folder) belongs to and load its weights.
 
-    The model name and config overrides come from a JSON beside the file (``<stem>.json``,
-    ``config.json``, ``args.json``: keys ``model_name``/``model``/``architecture``, ``overrides``,
-    ``num_classes``, ``in_chans``), or from ``model_name``; a fused export (``"fused": true``) is rebuilt
-    in its deploy form.
+    The model comes from the checkpoint's description (:func:`moderncnn.interop.spec.read_spec`: the
+    weight file's metadata, the JSON beside it or the folder's ``config.json``), rebuilt in the form the
+    weights are in; ``model_name`` replaces the described name, or names the model when nothing describes
+    it (then with the variant's defaults), and ``num_classes`` replaces the described head.
     """
-    from ..factory import create_model
-    from ..interop import load_weights
-
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    side = read_sidecar(path)
     weights = _find_weights(path) if path.is_dir() else path
-    name = model_name or next((side[k] for k in _SIDECAR_NAME_KEYS if isinstance(side.get(k), str)), None)
-    if name is None:
-        raise CheckpointError(
-            f"cannot tell which model {path} holds: no JSON config beside it names one; pass --model NAME"
-        )
-    overrides = next((dict(side[k]) for k in _SIDECAR_OVERRIDE_KEYS if isinstance(side.get(k), dict)), {})
-    overrides = {k: _tuples(v) for k, v in overrides.items()}
-    for key in ("num_classes", "in_chans"):
-        if key in side and key not in overrides:
-            overrides[key] = side[key]
-    if num_classes is not None:
-        overrides["num_classes"] = num_classes
-    features = bool(side.get("features_only", False))
-    out_indices = tuple(side["out_indices"]) if features and side.get("out_indices") is not None else None
-    model = create_model(name, features_only=features, out_indices=out_indices, **overrides)
-    if side.get("fused"):
-        model = fuse(model, inplace=True)
-        load_weights(model, weights, layout="native")
+    looked: list[str] = []
+    found = find_description(path, looked) or (find_description(weights, looked) if weights != path else None)
+    if found is not None:
+        spec = found[0] if model_name is None else dataclasses.replace(found[0], name=model_name)
+    elif model_name is not None:
+        from ..registry import get_entry
+
+        cfg = get_entry(model_name).cfg
+        spec = ModelSpec(model_name, {}, num_classes=cfg.num_classes, in_chans=cfg.in_chans)
     else:
-        load_weights(model, weights, use_ema=use_ema)
+        raise missing_description(path, looked)
+    if num_classes is not None:
+        spec = dataclasses.replace(spec, num_classes=num_classes)
+    if use_ema and weights.suffix == ".safetensors":
+        # a training run keeps its EMA weights beside the raw ones: TAG_ema.safetensors next to TAG.safetensors
+        ema = weights.with_name(weights.name.removesuffix(".safetensors").removesuffix("_ema") + "_ema.safetensors")
+        if not ema.is_file():
+            raise CheckpointError(
+                f"--ema: there are no EMA weights beside {weights} (no {ema.name}; the run was trained without "
+                f"--model-ema); leave out --ema to use {weights.name}"
+            )
+        weights, use_ema = ema, False
+    model = spec.build()
+    load_weights(model, weights, layout="native" if spec.form == "fused" else "auto", use_ema=use_ema)
     return model
 
 
@@ -152,14 +110,22 @@ def resolve_model(source: nn.Module | str | Path, model_name: str | None = None,
         return source
     from ..registry import list_models
 
-    if isinstance(source, str) and source in list_models() and not Path(source).exists():
-        from ..factory import create_model
+    if isinstance(source, str) and not Path(source).exists():
+        if source in list_models():
+            from ..factory import create_model
 
-        return create_model(source, **{k: v for k, v in kwargs.items() if k == "num_classes" and v is not None})
+            return create_model(source, **{k: v for k, v in kwargs.items() if k == "num_classes" and v is not None})
+        if Path(source).suffix not in WEIGHT_SUFFIXES and "/" not in source:  # reads as a model name
+            from ..registry import get_entry
+
+            try:
+                get_entry(source)
+            except UnknownModelError as exc:
+                raise UnknownModelError(f"{source!r} is neither a file nor a registered model: {exc}") from None
     return load_checkpoint_model(source, model_name, **kwargs)
 
 
-def _input_size(model: nn.Module, img_size: int | None) -> int:
+def input_size(model: nn.Module, img_size: int | None) -> int:
     if img_size:
         return int(img_size)
     size = getattr(model, "pretrained_cfg", {}).get("input_size")
@@ -208,9 +174,8 @@ def load_exported(path: str | Path) -> Any:
         module.input_shape = _program_input_shape(program)
         return module
     if path.suffix == ".safetensors":
-        side = read_sidecar(path)
         model = load_checkpoint_model(path)
-        size = side.get("input_size") or [model.in_chans, 224, 224]
+        size = read_extra(path).get("input_size") or [model.in_chans, 224, 224]
         model.input_shape = ("batch", *size)
         return model
     raise CheckpointError(f"unknown export format {path.suffix!r}: expected .onnx, .pt2 or .safetensors")
@@ -231,9 +196,16 @@ def _flat(out: Any) -> list[torch.Tensor]:
     return [t.float() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
-def _rel_err(a: Any, b: Any) -> float:
+def output_errors(a: Any, b: Any) -> tuple[float, float]:
+    """Largest ``max|a − b|`` and largest ``max|a − b| / max|b|`` over the output tensors (lists for
+    features-only models) of ``a`` against the reference ``b``."""
     pairs = list(zip(_flat(a), _flat(b), strict=True))
-    return max(((x - y).abs().max() / y.abs().max().clamp_min(1e-12)).item() for x, y in pairs)
+    diffs = [((x - y).abs().max(), y.abs().max().clamp_min(1e-12)) for x, y in pairs]
+    return max(d.item() for d, _ in diffs), max((d / m).item() for d, m in diffs)
+
+
+def _rel_err(a: Any, b: Any) -> float:
+    return output_errors(a, b)[1]
 
 
 @torch.no_grad()
@@ -269,24 +241,10 @@ def _write(model: nn.Module, fmt: str, out: Path, example: torch.Tensor, notes: 
         torch.export.save(program, str(out))
         return [out]
     if fmt == "safetensors":
-        from safetensors.torch import save_file
-
-        overrides = config_overrides(model)
-        sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(sd, str(out), metadata={"format": "pt", "moderncnn": "fused"})
-        side = {
-            "model_name": model.model_name,
-            "overrides": overrides,
-            "fused": True,
-            "features_only": bool(getattr(model, "features_only", False)),
-            "out_indices": list(getattr(model, "out_indices", ())) or None,
-            "input_size": list(example.shape[1:]),
-            "torch": torch.__version__,
-        }
-        sidecar = out.with_suffix(".json")
-        sidecar.write_text(json.dumps(side, indent=2, default=list) + "\n")
+        extra = {"input_size": list(example.shape[1:]), "torch": torch.__version__}
+        weights = save_weights(model, out, ModelSpec.from_model(model), extra=extra)
         notes.append(f"restore with moderncnn.deploy.load_exported({str(out)!r})")
-        return [out, sidecar]
+        return [weights, weights.with_suffix(".json")]
     raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
@@ -319,7 +277,7 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     model = resolve_model(source, model_name, num_classes=num_classes)
     notes: list[str] = []
-    size = _input_size(model, img_size)
+    size = input_size(model, img_size)
     in_chans = getattr(model, "in_chans", 3)
     expected = ("batch", in_chans, size, size)
     if example_input is not None:
@@ -370,11 +328,11 @@ __all__ = [
     "FORMATS",
     "OnnxModule",
     "check_input_shape",
-    "config_overrides",
     "export_model",
+    "input_size",
     "load_checkpoint_model",
     "load_exported",
-    "read_sidecar",
+    "output_errors",
     "resolve_model",
     "validate",
 ]

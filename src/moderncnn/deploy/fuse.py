@@ -36,7 +36,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from ..layers.reparam import reparameterize_model
+from ..layers.drop import DropPath
+from ..layers.reparam import bn_affine, fold_bn, reparameterize_model
 
 _BN_FORWARDS = {nn.modules.batchnorm._BatchNorm.forward, nn.SyncBatchNorm.forward}
 _PLAIN_CONV_FORWARDS = {nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward}
@@ -162,16 +163,6 @@ def _is_conv(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.conv._ConvNd) and not m.transposed
 
 
-def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    t = (bn.running_var + bn.eps).rsqrt()
-    if bn.weight is not None:
-        t = t * bn.weight
-    s = -bn.running_mean * t
-    if bn.bias is not None:
-        s = s + bn.bias
-    return t, s
-
-
 def _set_weight_bias(conv: nn.modules.conv._ConvNd, w: torch.Tensor, b: torch.Tensor) -> None:
     conv.weight = nn.Parameter(w.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
     conv.bias = nn.Parameter(b.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
@@ -179,15 +170,12 @@ def _set_weight_bias(conv: nn.modules.conv._ConvNd, w: torch.Tensor, b: torch.Te
 
 @torch.no_grad()
 def _fold_into_previous(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> None:
-    t, s = _bn_affine(bn)
-    w = conv.weight * t.reshape(-1, *([1] * (conv.weight.ndim - 1)))
-    b = s if conv.bias is None else conv.bias * t + s
-    _set_weight_bias(conv, w, b)
+    _set_weight_bias(conv, *fold_bn(conv.weight, bn, conv.bias))
 
 
 @torch.no_grad()
 def _fold_into_next(bn: nn.modules.batchnorm._BatchNorm, conv: nn.modules.conv._ConvNd) -> None:
-    t, s = _bn_affine(bn)
+    t, s = bn_affine(bn)
     g = conv.groups
     out_c, in_per_group = conv.weight.shape[:2]
     k = conv.weight.shape[2:]
@@ -319,7 +307,7 @@ def _drop_dropout(model: nn.Module) -> int:
     drops = [
         name
         for name, m in model.named_modules(remove_duplicate=False)
-        if name and (isinstance(m, nn.modules.dropout._DropoutNd) or type(m).__name__ == "DropPath")
+        if name and isinstance(m, (nn.modules.dropout._DropoutNd, DropPath))
     ]
     for name in drops:
         _replace(model, name, nn.Identity())

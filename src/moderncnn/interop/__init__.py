@@ -9,6 +9,7 @@ mis-shaped key.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def read_state_dict(source: str | Path | Mapping, use_ema: bool = False) -> Stat
         obj = source
     else:
         path = Path(source)
+        if path.is_dir():
+            raise CheckpointError(f"{path} is a folder; expected one checkpoint file (.pth, .pt, .bin, .safetensors)")
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} does not exist")
         try:
@@ -52,13 +55,33 @@ def read_state_dict(source: str | Path | Mapping, use_ema: bool = False) -> Stat
                 obj = load_file(str(path))
             else:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # corrupt, truncated, or pickled objects other than tensors
+        except pickle.UnpicklingError:  # weights_only refused a pickled object that is not a tensor
+            raise CheckpointError(
+                f"{path} holds pickled Python objects besides tensors: code that would run when the file is "
+                "loaded. moderncnn never runs code from a checkpoint. Ask for .safetensors weights, or, only if "
+                "you trust where the file comes from, save its tensors yourself (torch.load(path, "
+                "weights_only=False) in a separate Python session, then safetensors.torch.save_file) and "
+                "load that file"
+            ) from None
+        except Exception as exc:  # corrupt or truncated
             raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if use_ema and not _has_ema(obj):
+        where = "the state dict" if isinstance(source, Mapping) else str(source)
+        raise CheckpointError(f"{where} holds no EMA weights (looked for {', '.join(_EMA_KEYS)}); "
+                              "leave out use_ema / --ema to use the weights it has")
     sd = _unwrap(obj, use_ema)
     sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if not sd:
         raise CheckpointError(f"no tensors found in {source if not isinstance(source, Mapping) else 'state dict'}")
     return strip_prefixes(sd)
+
+
+def _has_ema(obj: object) -> bool:
+    """Whether a checkpoint (at any container depth) holds EMA weights under one of :data:`_EMA_KEYS`."""
+    if not isinstance(obj, Mapping):
+        return False
+    return any(isinstance(obj.get(k), Mapping) for k in _EMA_KEYS) or any(
+        _has_ema(obj.get(k)) for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping))
 
 
 def _unwrap(obj: Mapping, use_ema: bool) -> Mapping:

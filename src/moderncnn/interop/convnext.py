@@ -88,8 +88,8 @@ def build_official(config: dict[str, Any], **kwargs: Any) -> nn.Module:
     layer_scale_init_value, head_init_scale. A config with a registered variant's depths and dims
     builds that variant (so ``model_name`` is e.g. ``convnext_tiny``).
     """
-    from ..factory import create_model
     from ..models.convnext import _VARIANTS, ConvNeXt, ConvNeXtConfig
+    from ..registry import build_model
 
     known = {
         "in_chans", "num_classes", "depths", "dims", "drop_path_rate", "layer_scale_init_value", "head_init_scale"
@@ -104,7 +104,7 @@ def build_official(config: dict[str, Any], **kwargs: Any) -> nn.Module:
     opts.setdefault("in_chans", 3)
     for name, cfg in _VARIANTS.items():
         if cfg.depths == depths and cfg.dims == dims and not cfg.conv_mlp:
-            return create_model(name, **opts)
+            return build_model(name, **opts)
     model = ConvNeXt(ConvNeXtConfig(depths=depths, dims=dims, **opts))
     model.model_name = f"convnext(depths={depths}, dims={dims})"
     return model

@@ -1,14 +1,10 @@
-"""Our weight files: ``NAME.safetensors`` plus ``NAME.json`` (model name and config overrides)."""
+"""Writing files so that a crash never leaves half of one (weights, model descriptions)."""
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
-
-from torch import nn
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -27,22 +23,4 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def save_weights(model: nn.Module, path: str | Path, overrides: dict[str, Any] | None = None) -> None:
-    """Save ``model``'s weights as safetensors (atomically) and its recipe as JSON beside it."""
-    from safetensors.torch import save
-
-    path = Path(path)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, save(sd, metadata={"format": "pt"}))
-    cfg = getattr(model, "cfg", None)
-    meta = {
-        "architecture": getattr(model, "model_name", type(model).__name__),
-        "num_classes": getattr(model, "num_classes", None),
-        "in_chans": getattr(model, "in_chans", None),
-        "overrides": overrides or {},
-        "deploy": bool(getattr(cfg, "deploy", False)),
-    }
-    atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=2).encode())
-
-
-__all__ = ["atomic_write_bytes", "save_weights"]
+__all__ = ["atomic_write_bytes"]

@@ -61,8 +61,8 @@ def build_official(config: dict[str, Any], **kwargs: Any) -> nn.Module:
 
     ``identity_div = d`` becomes ``identity_ratio = 1/d``. A registered width builds that variant.
     """
-    from ..factory import create_model
     from ..models.mobilenext import MOBILENEXT_WIDTHS, MobileNeXt, MobileNeXtConfig
+    from ..registry import build_model
 
     known = {"num_classes", "width_mult", "identity_div", "input_size"}
     unknown = sorted(set(config) - known)
@@ -79,7 +79,7 @@ def build_official(config: dict[str, Any], **kwargs: Any) -> nn.Module:
     opts.update(kwargs)
     for name, w in MOBILENEXT_WIDTHS.items():
         if w == width:
-            return create_model(name, **opts)
+            return build_model(name, **opts)
     model = MobileNeXt(MobileNeXtConfig(width_mult=width, **opts))
     model.model_name = f"mobilenext(width_mult={width})"
     return model

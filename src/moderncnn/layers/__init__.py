@@ -6,8 +6,8 @@ from .drop import DropPath, drop_path
 from .helpers import drop_path_rates, make_divisible
 from .norm import LayerNorm2d
 from .reparam import (
-    fuse_conv_bn,
-    fuse_conv_bn_tensors,
+    bn_affine,
+    fold_bn,
     identity_kernel,
     pad_kernel_to,
     reparameterize_model,
@@ -23,8 +23,8 @@ __all__ = [
     "make_divisible",
     "drop_path_rates",
     "LayerNorm2d",
-    "fuse_conv_bn",
-    "fuse_conv_bn_tensors",
+    "bn_affine",
+    "fold_bn",
     "identity_kernel",
     "pad_kernel_to",
     "reparameterize_model",

@@ -3,7 +3,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .reparam import fuse_conv_bn_tensors
+from .reparam import fold_bn
 
 
 class ConvBN(nn.Module):
@@ -32,7 +32,7 @@ class ConvBN(nn.Module):
         return self.bn(self.conv(x))
 
     def equivalent_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return fuse_conv_bn_tensors(self.conv.weight, self.bn)
+        return fold_bn(self.conv.weight, self.bn)
 
 
 class ConvBNAct(ConvBN):

@@ -17,31 +17,28 @@ def check_eval(module: nn.Module) -> None:
         )
 
 
-def fuse_conv_bn_tensors(
-    kernel: torch.Tensor, bn: nn.BatchNorm2d, conv_bias: torch.Tensor | None = None
+def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BatchNorm as the per-channel map ``y = x·t + s``: ``t = γ/√(σ²+ε)``, ``s = β − μ·t``."""
+    t = (bn.running_var + bn.eps).rsqrt()
+    if bn.weight is not None:
+        t = t * bn.weight
+    s = -bn.running_mean * t
+    if bn.bias is not None:
+        s = s + bn.bias
+    return t, s
+
+
+def fold_bn(
+    kernel: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, conv_bias: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kernel and bias of ``bn(conv(x))`` as one conv: W·t and β + (b − μ)·t with t = γ/√(σ²+ε).
+    """Kernel and bias of ``bn(conv(x))`` as one conv: ``W·t`` and ``b·t + s`` (:func:`bn_affine`).
 
-    Differentiable in every input (no in-place ops), so it can also serve custom regularizers.
+    The one BatchNorm fold of the package (Rep blocks, ``ConvBN``, :func:`moderncnn.fuse`). Differentiable
+    in every input (no in-place ops), so it can also serve custom regularizers.
     """
-    std = (bn.running_var + bn.eps).sqrt()
-    gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
-    beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
-    t = gamma / std
-    bias = conv_bias if conv_bias is not None else torch.zeros_like(bn.running_mean)
-    return kernel * t.reshape(-1, *([1] * (kernel.ndim - 1))), beta + (bias - bn.running_mean) * t
-
-
-@torch.no_grad()
-def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A new conv (with bias, same class, same geometry) equal to ``bn(conv(x))`` in eval mode."""
-    w, b = fuse_conv_bn_tensors(conv.weight, bn, conv.bias)
-    fused = copy.deepcopy(conv)
-    if fused.bias is None:
-        fused.bias = nn.Parameter(torch.empty_like(b))
-    fused.weight.copy_(w)
-    fused.bias.copy_(b)
-    return fused
+    t, s = bn_affine(bn)
+    bias = s if conv_bias is None else conv_bias * t + s
+    return kernel * t.reshape(-1, *([1] * (kernel.ndim - 1))), bias
 
 
 @torch.no_grad()

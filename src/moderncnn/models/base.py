@@ -68,12 +68,30 @@ class ModelBase(nn.Module):
                 f"{self.model_name} expects {self.in_chans} input channels, got {x.shape[1]} "
                 f"(shape {tuple(x.shape)}); build it with in_chans={x.shape[1]} or convert the images"
             )
+        weight = self.stem_weight_dtype()
+        if not x.is_floating_point() or (x.dtype != weight and not torch.is_autocast_enabled(x.device.type)):
+            hint = (" (images as integers: convert with x.float() / 255, then normalize)" if not x.is_floating_point()
+                    else f" (convert with x.to({weight}), or the model with model.to({x.dtype}))")
+            raise InputShapeError(f"{self.model_name} has {weight} weights but got {x.dtype} input{hint}")
+        if self.training and x.shape[0] == 1 and self.has_batchnorm():
+            raise InputShapeError(
+                f"{self.model_name} is in training mode and has BatchNorm, which cannot compute batch statistics "
+                "from one image; train with batches of 2 or more, or call model.eval() for inference")
         h, w = x.shape[-2:]
         if min(h, w) < self.min_input_size:
             raise InputShapeError(
                 f"{self.model_name} downsamples by {self.min_input_size}, so it needs images of at least "
                 f"{self.min_input_size}×{self.min_input_size}; got {h}×{w}"
             )
+
+    def stem_weight_dtype(self) -> torch.dtype:
+        p = next(self.parameters(), None)
+        return p.dtype if p is not None else torch.get_default_dtype()
+
+    def has_batchnorm(self) -> bool:
+        if not hasattr(self, "_has_bn"):
+            self._has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+        return self._has_bn
 
     # -- forward -----------------------------------------------------------------------------------
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,8 @@ class EfficientNetV2Config(ModelConfig):
     fused_stages: int | None = None
 
     def __post_init__(self) -> None:
+        # rows may come from YAML/JSON (``--model-kwargs``, a searched architecture): lists or mappings
+        object.__setattr__(self, "stages", tuple(_as_stage(s) for s in self.stages))
         if self.fused_stages is not None and not 0 <= self.fused_stages <= len(self.stages):
             raise ConfigError(
                 f"fused_stages must be None (the variant's table) or 0..{len(self.stages)}, got {self.fused_stages}"
@@ -86,6 +88,21 @@ class EfficientNetV2Config(ModelConfig):
     def round_repeats(self, repeats: int) -> int:
         """Depth scaling (official ``round_repeats``): ceil."""
         return int(math.ceil(self.depth_mult * repeats))
+
+
+def _as_stage(row: object) -> Stage:
+    """A :class:`Stage` from a Stage, a sequence in its field order, or a mapping of its fields."""
+    if isinstance(row, Stage):
+        return row
+    try:
+        if isinstance(row, dict):
+            return Stage(**row)
+        if isinstance(row, (list, tuple)):
+            return Stage(*row)
+    except TypeError as exc:
+        raise ConfigError(f"bad stage row {row!r}: {exc}; expected (block, expand, kernel, stride, channels, "
+                          "repeats[, se_ratio]) or a mapping of those fields") from exc
+    raise ConfigError(f"a stage row must be a sequence or a mapping of {Stage._fields}, got {row!r}")
 
 
 # -- TensorFlow 'same' padding ------------------------------------------------------------------------
@@ -312,6 +329,10 @@ _VARIANTS = {
     "l": (_L, 32, 1.0, 1.0, 0.4, 384, 480),
     "xl": (_XL, 32, 1.0, 1.0, 0.4, 384, 512),
 }
+# any stage table (architecture search, moderncnn.search; docs/search.md): B0's base until overridden, e.g.
+# create_model("efficientnetv2_custom", stages=[["fused", 1, 3, 1, 16, 1], ...])
+register_model("efficientnetv2_custom", EfficientNetV2, EfficientNetV2Config(stages=_BASE),
+               input_size=192, test_input_size=224)
 # timm trained its own PyTorch-padded S and M at smaller sizes; its input_size is the default there
 _TIMM_PYTORCH_TRAIN_SIZE = {"s": 288, "m": 320}
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layers import ClassifierHead, ConvBN, ConvBNAct, DropPath, drop_path_rates, make_divisible, pad_kernel_to
-from ..layers.reparam import fuse_conv_bn_tensors, merged_conv
+from ..layers.reparam import fold_bn, merged_conv
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
 from .efficientnetv2 import EfficientNetV2
@@ -111,7 +111,7 @@ class DepthwiseConvBN(nn.Module):
         """Kernel (C, 1, k, k) and bias (C,) of the one conv equal to both branches in eval mode."""
         if self.reparam_conv is not None:
             return self.reparam_conv.weight, self.reparam_conv.bias
-        kernel, bias = fuse_conv_bn_tensors(self.conv.weight, self.bn)
+        kernel, bias = fold_bn(self.conv.weight, self.bn)
         if self.small is not None:
             small_kernel, small_bias = self.small.equivalent_kernel_bias()
             kernel, bias = kernel + pad_kernel_to(small_kernel, self.kernel_size), bias + small_bias

@@ -29,7 +29,7 @@ from torch import nn
 from .. import kernels
 from ..errors import ConfigError
 from ..layers import ClassifierHead, ConvBN, ConvBNAct, DropPath, drop_path_rates, pad_kernel_to
-from ..layers.reparam import fuse_conv_bn_tensors, merged_conv
+from ..layers.reparam import fold_bn, merged_conv
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
 
@@ -83,7 +83,7 @@ class LargeKernelConvBN(nn.Module):
         return self.bn(self.conv(x))
 
     def equivalent_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return fuse_conv_bn_tensors(self.conv.weight, self.bn)
+        return fold_bn(self.conv.weight, self.bn)
 
 
 class ReparamLargeKernelConv(nn.Module):

@@ -33,7 +33,7 @@ from ..layers import (
     DropPath,
     SqueezeExcite,
     drop_path_rates,
-    fuse_conv_bn_tensors,
+    fold_bn,
     identity_kernel,
     pad_kernel_to,
 )
@@ -163,7 +163,7 @@ class RepVGGBlock(nn.Module):
         if self.identity is not None:
             eye = identity_kernel(self.in_chs, self.groups, 3, dtype=kernel.dtype, device=kernel.device)
             if isinstance(self.identity, nn.BatchNorm2d):
-                eye, bi = fuse_conv_bn_tensors(eye, self.identity)
+                eye, bi = fold_bn(eye, self.identity)
                 bias = bias + bi
             kernel = kernel + eye
         return kernel, bias

@@ -20,7 +20,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(trainer, name)
     if name == "evaluate_checkpoint":
-        from .cli import evaluate_checkpoint
+        from .evaluate import evaluate_checkpoint
 
         return evaluate_checkpoint
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

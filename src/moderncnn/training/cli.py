@@ -10,44 +10,24 @@ Fashion-MNIST recipe end to end on the CPU and fuses the result.
 from __future__ import annotations
 
 import argparse
-import difflib
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from ..errors import CheckpointError, ConfigError
-from .config import FIELDS, TrainConfig, from_dict, list_recipes, load_recipe, read_yaml
+from ..errors import ConfigError
+from ..validation import parse_kv
+from .config import TrainConfig, from_dict, list_recipes, load_recipe, read_yaml
 
 _BOOL = argparse.BooleanOptionalAction
 
 
-class _StrictParser(argparse.ArgumentParser):
-    """Unknown flags are an error naming the closest valid flags and listing them all."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        ns, extra = super().parse_known_args(args, namespace)
-        unknown = [a for a in extra if a.startswith("-")]
-        if unknown:
-            flags = sorted({s for a in self._actions for s in a.option_strings if s.startswith("--")})
-            parts = []
-            for flag in unknown:
-                close = difflib.get_close_matches(flag.split("=")[0], flags, n=3)
-                parts.append(flag + (f" (did you mean {', '.join(close)}?)" if close else ""))
-            self.error(f"unknown option {', '.join(parts)}.\nValid options: {' '.join(flags)}")
-        elif extra:
-            self.error(f"unexpected argument(s): {' '.join(extra)}")
-        return ns, extra
-
-
 def _kv(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return parse_kv(text, "--model-kwargs")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--model-kwargs: ").removeprefix("--model-kwargs ")
+                                         ) from None
 
 
 # (flags, config field, argparse options) in timm's order and spelling
@@ -122,6 +102,9 @@ _TRAIN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--eval-interval",), "eval_interval", dict(type=int)),
     (("--plots",), "plots", dict(action=_BOOL, help="draw curves.png (default on)")),
     (("--fuse",), "fuse", dict(action=_BOOL, help="write the fused deploy model at the end (default on)")),
+    (("--overwrite",), "overwrite", dict(action="store_true", help="replace the run already in --output")),
+    (("--skip-bad-images",), "skip_bad_images", dict(action="store_true",
+                                                     help="skip (and count) image files that cannot be decoded")),
 ]
 
 
@@ -140,10 +123,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if recipe:
         values.update(load_recipe(recipe))
     elif resume:
-        run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        from .run_dir import resume_folder
+
+        run_dir = resume_folder(resume)
         if (run_dir / "config.yaml").is_file():
             values.update(read_yaml(run_dir / "config.yaml"))
             values.pop("max_steps", None)  # the stop that ended the earlier run is not this run's
+            values.pop("output", None)  # the folder resumed is the folder written (a copied run writes the copy)
     for _, dest, _ in _TRAIN_FLAGS:
         if hasattr(args, dest):
             v = getattr(args, dest)
@@ -157,106 +143,13 @@ def _run_train(args: argparse.Namespace) -> int:
     from .trainer import train
 
     result = train(config_from_args(args))
-    return 130 if result.interrupted else 0
+    return 128 + (result.stop_signal or 2) if result.interrupted else 0  # 130 after Ctrl-C, 143 after SIGTERM
 
 
 # -- eval --------------------------------------------------------------------------------------------
-def _build_from_weights(meta: dict[str, str], path: Path):
-    from .. import create_model
-
-    if meta.get("format") == "moderncnn-deploy":
-        info = json.loads(meta["config"])
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in info["model_kwargs"].items()}
-        model = create_model(info["model"], num_classes=info["num_classes"], in_chans=info["in_chans"], **kwargs)
-        if info["fused_with"] == "fuse":
-            from ..deploy.fuse import fuse
-
-            model = fuse(model.eval())
-        elif "deploy" not in kwargs:
-            from ..layers.reparam import reparameterize_model
-
-            model = reparameterize_model(model.eval())
-        return model
-    if "model" not in meta or "model_config" not in meta:
-        raise CheckpointError(f"{path} carries no model description (not written by moderncnn train); "
-                              "evaluate a run folder instead")
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(meta["model_config"]).items()}
-    name = meta["model"]
-    return create_model(name, **cfg)
-
-
-def evaluate_checkpoint(
-    checkpoint: str | Path,
-    *,
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    img_size: int | None = None,
-    batch_size: int = 256,
-    workers: int = 0,
-    val_samples: int | None = None,
-    device: str = "cpu",
-    verbose: bool = True,
-) -> dict[str, dict[str, float]]:
-    """Top-1/top-5 (and loss) of a run folder's weights (``best``, else ``last``; raw and EMA), or of one
-    weights file written by ``moderncnn train``. Returns ``{"raw": {...}, "ema": {...}}``."""
-    from ..data.datasets import load_dataset
-    from ..data.transforms import build_eval_transform, resolve_mean_std
-    from .checkpoint import load_weights_file
-    from .metrics import accuracy
-    from .trainer import AugmentedDataset, _subset
-
-    path = Path(checkpoint)
-    if path.is_dir():
-        tag = "best" if (path / "best.safetensors").is_file() else "last"
-        files = {"raw": path / f"{tag}.safetensors", "ema": path / f"{tag}_ema.safetensors"}
-        run_dir = path
-        if not files["raw"].is_file():
-            raise CheckpointError(f"{path} holds no best.safetensors or last.safetensors; is it a run folder?")
-    elif path.is_file():
-        files, run_dir = {"raw": path}, path.parent
-    else:
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    cfg = from_dict(read_yaml(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else TrainConfig()
-    dataset = dataset or cfg.dataset
-    data_dir = data_dir if data_dir is not None else cfg.data_dir
-    ds = load_dataset(dataset, data_dir=data_dir, split="val")
-    results: dict[str, dict[str, float]] = {}
-    for which, f in files.items():
-        if not f.is_file():
-            continue
-        sd, meta = load_weights_file(f)
-        model = _build_from_weights(meta, f)
-        model.load_state_dict(sd)
-        model.to(device).eval()
-        if meta.get("format") == "moderncnn-deploy":
-            info = json.loads(meta["config"])
-            size, mean, std, crop = img_size or info["img_size"], info["mean"], info["std"], cfg.crop_pct
-        else:
-            size = img_size or cfg.eval_img_size or cfg.img_size or ds.image_size
-            mean, std = (cfg.mean, cfg.std) if cfg.mean and cfg.std else resolve_mean_std(dataset)
-            crop = cfg.crop_pct
-        kw = dict(in_chans=model.in_chans, source_chans=ds.in_chans, mean=mean, std=std)
-        if crop is not None:
-            kw["crop_pct"] = crop
-        val = AugmentedDataset(ds, _subset(len(ds), val_samples, cfg.seed + 1), build_eval_transform(size, **kw),
-                               0, seeded=False)
-        loader = torch.utils.data.DataLoader(val, batch_size=batch_size, num_workers=workers)
-        n, c1, c5, loss = 0, 0, 0, 0.0
-        with torch.no_grad():
-            for x, y in loader:
-                out = model(x.to(device)).float()
-                y = y.to(device)
-                a1, a5 = accuracy(out, y, (1, 5))
-                n, c1, c5 = n + len(y), c1 + int(a1), c5 + int(a5)
-                loss += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
-        results[which] = {"top1": 100 * c1 / n, "top5": 100 * c5 / n, "loss": loss / n, "images": n}
-        if verbose:
-            print(f"{which:>4} {f.name}: top-1 {results[which]['top1']:.2f}%  top-5 {results[which]['top5']:.2f}%"
-                  f"  loss {results[which]['loss']:.4f}  ({n} {dataset} val images at {size} px)")
-    return results
-
-
 def _run_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_checkpoint
+
     evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, img_size=args.img_size,
                         batch_size=args.batch_size, workers=args.workers, val_samples=args.val_samples,
                         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -272,14 +165,17 @@ def _run_demo(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     values["output"] = args.output or "runs/demo-fashion-mnist"
+    values["overwrite"] = args.output is None  # `make demo` again replaces the demo's own run; --output DIR does not
     values["no_progress"] = args.no_progress
     cfg = from_dict(values)
     print(f"moderncnn demo: {cfg.model} on Fashion-MNIST ({cfg.epochs} epochs, recipe fashion-mnist)", flush=True)
     result = train(cfg)
     if result.interrupted:
-        return 130
+        return 128 + (result.stop_signal or 2)
     deploy = Path(result.run_dir) / "model_deploy.safetensors"
     if deploy.is_file():
+        from .evaluate import evaluate_checkpoint
+
         print("evaluating the fused deploy model on the Fashion-MNIST test set:", flush=True)
         evaluate_checkpoint(deploy, val_samples=cfg.val_samples, workers=0)
     print(f"everything is in {result.run_dir}/ (config.yaml, metrics.csv, log.jsonl, curves.png, "
@@ -290,12 +186,10 @@ def _run_demo(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a model (timm-style flags over a YAML recipe)",
                               description=__doc__.splitlines()[0])
-    p.__class__ = _StrictParser
     add_train_flags(p)
     p.set_defaults(func=_run_train)
 
     e = subparsers.add_parser("eval", help="top-1/top-5 of a run folder's raw and EMA weights")
-    e.__class__ = _StrictParser
     e.add_argument("--checkpoint", required=True, help="run folder or weights file")
     e.add_argument("--dataset", default=None)
     e.add_argument("--data-dir", "--data", dest="data_dir", default=None)
@@ -307,7 +201,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_run_eval)
 
     d = subparsers.add_parser("demo", help="train a small RepVGG on Fashion-MNIST on the CPU, then fuse it")
-    d.__class__ = _StrictParser
     d.add_argument("--output", default=None, help="run folder (default runs/demo-fashion-mnist)")
     d.add_argument("--epochs", type=int, default=None)
     d.add_argument("--max-steps", type=int, default=None)
@@ -319,13 +212,4 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_run_demo)
 
 
-def main(argv: list[str] | None = None) -> int:  # `python -m moderncnn.training.cli train ...`
-    from ..cli import main as _main
-
-    return _main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-__all__ = ["add_parser", "config_from_args", "evaluate_checkpoint", "FIELDS", "ConfigError"]
+__all__ = ["add_parser", "add_train_flags", "config_from_args"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..validation import Choice, Flag, Number, Text, Tuple
 
 
 @dataclass
@@ -109,6 +109,11 @@ class TrainConfig:
     eval_interval: int = 1  # epochs
     fuse: bool = True  # write the fused deploy model at the end
     plots: bool = True  # curves.png (and progressive.png)
+    overwrite: bool = False  # start afresh in an --output folder that already holds a run
+    skip_bad_images: bool = False  # skip (and count) image files that cannot be decoded
+
+    def __post_init__(self) -> None:
+        validate(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-able values (tuples become lists)."""
@@ -127,6 +132,129 @@ def _plain(v: Any) -> Any:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+# -- the one check of every option ----------------------------------------------------------------------
+def _rules() -> dict[str, Any]:
+    from .optim import OPTIMIZERS
+    from .progressive import MODES
+    from .scheduler import SCHEDULES
+
+    prob = Number(0.0, 1.0)  # a probability
+    rate = Number(0.0, 1.0, hi_open=True)  # dropout, drop path, smoothing, EMA decay: 1 would drop/keep all
+    size = Number(1, 16384, integer=True, optional=True)
+    count = Number(1, integer=True, optional=True)
+    alpha = Number(0.0)
+    lr_range = Number(0.0, MAX_LR, lo_open=True, optional=True)
+    return {
+        "model": Text(), "initial_checkpoint": Text(optional=True),
+        "num_classes": count, "in_chans": count, "drop": Number(0.0, 1.0, hi_open=True, optional=True),
+        "dataset": Text(), "data_dir": Text(optional=True), "download": Flag(),
+        "img_size": size, "eval_img_size": size, "train_crop": Choice(("rrc", "pad")),
+        "scale": Tuple(Number(0.0, 1.0, lo_open=True), length=2, ordered=True), "hflip": prob,
+        "aa": Text(optional=True), "reprob": prob, "crop_pct": Number(0.0, 1.0, lo_open=True, optional=True),
+        "mean": Tuple(Number(), optional=True), "std": Tuple(Number(0.0, lo_open=True), optional=True),
+        "train_samples": count, "val_samples": count, "workers": Number(0, integer=True),
+        "threads": count, "epochs": Number(1, integer=True), "batch_size": Number(1, integer=True),
+        "lr": lr_range, "lr_base": Number(0.0, MAX_LR, lo_open=True),
+        "lr_base_size": Number(1, integer=True), "opt": Choice(OPTIMIZERS),
+        "opt_eps": Number(0.0, lo_open=True, optional=True),
+        "opt_betas": Tuple(Number(0.0, 1.0, hi_open=True), length=2, optional=True),
+        "momentum": rate, "weight_decay": Number(0.0), "clip_grad": Number(0.0, lo_open=True, optional=True),
+        "grad_accum_steps": Number(1, integer=True),
+        "sched": Choice(SCHEDULES, aliases=(("exponential", "exponential_staircase"),)),
+        "warmup_epochs": Number(0.0), "warmup_lr": Number(0.0, MAX_LR), "min_lr": Number(0.0, MAX_LR),
+        "decay_epochs": Number(0.0, lo_open=True), "decay_rate": Number(0.0, 1.0, lo_open=True),
+        "mixup": alpha, "cutmix": alpha, "mixup_prob": prob, "mixup_switch_prob": prob, "mixup_split_batch": Flag(),
+        "smoothing": rate, "model_ema": Flag(), "model_ema_decay": rate, "model_ema_warmup": Flag(),
+        "progressive": Choice(MODES, optional=True), "prog_stages": Number(1, integer=True),
+        "prog_size": Tuple(Number(1, 16384, integer=True), length=2, ordered=True, optional=True),
+        "prog_ra_magnitude": Tuple(Number(0.0, 30.0), length=2, optional=True),
+        "prog_mixup": Tuple(alpha, length=2, optional=True), "prog_cutmix": Tuple(alpha, length=2, optional=True),
+        "prog_dropout": Tuple(rate, length=2, optional=True),
+        "prog_batch_sizes": Tuple(Number(1, integer=True), optional=True),
+        "device": Text(optional=True), "amp": Flag(), "channels_last": Flag(), "compile": Flag(), "sync_bn": Flag(),
+        "seed": Number(0, 2**63 - 1, integer=True), "output": Text(optional=True), "resume": Text(optional=True),
+        "log_interval": Number(1, integer=True), "no_progress": Flag(), "max_steps": count,
+        "checkpoint_interval": count, "eval_interval": Number(1, integer=True), "fuse": Flag(), "plots": Flag(),
+        "overwrite": Flag(), "skip_bad_images": Flag(),
+    }
+
+
+_RULES: dict[str, Any] = {}
+# no optimizer here trains with a larger step; beyond float32's range (~3.4e38, e.g. --lr 1e38 with Adam's
+# bias correction) the optimizer itself fails
+MAX_LR = 1000.0
+# model options that have their own flag: a --model-kwargs key for them would be a second, silent spelling
+_OWN_FLAG = {"num_classes": "--num-classes", "in_chans": "--in-chans", "drop_rate": "--drop",
+             "drop_path_rate": "--drop-path"}
+
+
+def _flag(name: str) -> str:
+    return f"{name} (--{name.replace('_', '-')})"
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check every option of ``cfg`` once (normalizing in place: numbers given as strings, lists to
+    tuples); a :class:`ConfigError` names each bad option with its valid range."""
+    if not _RULES:
+        _RULES.update(_rules())
+    problems = []
+    for name, rule in _RULES.items():
+        try:
+            setattr(cfg, name, rule.check(_flag(name), getattr(cfg, name)))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    try:
+        _check_special(cfg)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _check_special(cfg: TrainConfig) -> None:
+    """Options whose rule is more than a range: per-model drop path, model kwargs, pairs that must agree."""
+    if isinstance(cfg.drop_path, dict):
+        cfg.drop_path = {str(k): Number(0.0, 1.0, hi_open=True).check(f"drop_path[{k}]", v)
+                         for k, v in cfg.drop_path.items()}
+    else:
+        cfg.drop_path = Number(0.0, 1.0, hi_open=True, optional=True).check(_flag("drop_path"), cfg.drop_path)
+    if not isinstance(cfg.model_kwargs, dict) or not all(isinstance(k, str) for k in cfg.model_kwargs):
+        raise ConfigError(f"model_kwargs (--model-kwargs) must be a mapping of config field: value, "
+                          f"got {cfg.model_kwargs!r}")
+    taken = [k for k in cfg.model_kwargs if k in _OWN_FLAG]
+    if taken:
+        raise ConfigError("--model-kwargs " + ", ".join(f"{k}=... duplicates {_OWN_FLAG[k]}" for k in taken)
+                          + "; set it with that flag instead")
+    if (cfg.mean is None) != (cfg.std is None):
+        raise ConfigError("mean (--mean) and std (--std) go together: give both or neither")
+    if cfg.mean is not None and len(cfg.mean) != len(cfg.std):
+        raise ConfigError(f"--mean has {len(cfg.mean)} values but --std has {len(cfg.std)}; give one per "
+                          "input channel (or one for all)")
+    if cfg.prog_batch_sizes is not None and len(cfg.prog_batch_sizes) != cfg.prog_stages:
+        raise ConfigError(f"prog_batch_sizes has {len(cfg.prog_batch_sizes)} values for {cfg.prog_stages} "
+                          "progressive stages (prog_stages); give one per stage")
+    from ..data.datasets import dataset_key
+
+    dataset_key(cfg.dataset)
+    if cfg.device is not None:
+        _device_syntax(cfg.device)
+    if cfg.aa and cfg.aa.lower() != "none":
+        from ..data.transforms import rand_augment
+
+        rand_augment(cfg.aa)  # every section honoured or a ConfigError naming it
+
+
+def _device_syntax(name: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device (--device) must be cpu, cuda or cuda:N, got {name!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device (--device) must be cpu, cuda or cuda:N, got {name!r}")
 _TUPLE_FIELDS = {"scale", "mean", "std", "opt_betas", "prog_size", "prog_ra_magnitude", "prog_mixup",
                  "prog_cutmix", "prog_dropout", "prog_batch_sizes"}
 
@@ -174,7 +302,10 @@ def read_yaml(path: str | Path, *, where: str | None = None) -> dict[str, Any]:
 
 def load_recipe(name: str) -> dict[str, Any]:
     """The options of recipe ``name`` (a packaged recipe name, or a path to a YAML file)."""
-    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+    if name.endswith((".yaml", ".yml")) or "/" in name:  # a path, not a packaged recipe name
+        if not Path(name).is_file():
+            raise ConfigError(f"recipe file {name} does not exist (a path ending in .yaml is read as a file; "
+                              f"packaged recipes are named without it: {', '.join(list_recipes())})")
         return read_yaml(name)
     valid = list_recipes()
     if name not in valid:
@@ -196,20 +327,3 @@ def resolve_drop_path(value: float | dict[str, float] | None, model: str) -> flo
             )
         return float(value[model])
     return value
-
-
-# -- RandAugment strings -----------------------------------------------------------------------------
-def parse_aa(aa: str | None) -> dict[str, float] | None:
-    """timm's RandAugment string ``rand-m9-n2-mstd0.5-inc1`` as ``{m, n, mstd, inc, mmax}``."""
-    if not aa or aa in ("none", "None"):
-        return None
-    parts = aa.split("-")
-    if parts[0] != "rand":
-        raise ConfigError(f"--aa {aa!r}: only RandAugment is supported, written like timm: 'rand-m9-n2-mstd0.5'")
-    out: dict[str, float] = {"m": 9.0, "n": 2.0, "mstd": 0.0, "inc": 0.0}
-    for part in parts[1:]:
-        match = re.fullmatch(r"(mstd|mmax|inc|m|n|p|w)([0-9.]+)", part)
-        if not match:
-            raise ConfigError(f"--aa {aa!r}: cannot read section {part!r} (sections: m, n, mstd, mmax, inc, p)")
-        out[match.group(1)] = float(match.group(2))
-    return out

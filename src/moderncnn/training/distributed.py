@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from ..validation import check_device
+
 
 @dataclass
 class DistInfo:
@@ -42,9 +44,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = check_device(device)  # an unknown or absent device is a one-line error, not torch's RuntimeError
     if dev.type == "cuda":
         index = local_rank if dev.index is None else dev.index
         dev = torch.device("cuda", index)

@@ -1,8 +1,8 @@
 """Run-folder logging: ``metrics.csv`` (timm's ``summary.csv`` columns), ``log.jsonl``, ``curves.png``.
 
 timm writes ``epoch, train_loss, eval_loss, eval_top1, eval_top5, lr``; we keep those names first and add
-the EMA metrics, the image size, batch size and wall time (ecosystem.md §7). Plots use matplotlib's
-headless Agg backend.
+the EMA metrics, the image size, batch size and wall time (docs/training.md, "Logs"). Plots use
+matplotlib's headless Agg backend.
 """
 
 from __future__ import annotations
@@ -168,3 +168,41 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def describe_run(t: Any) -> str:
+    """The lines a run prints when it starts (``t`` is the :class:`~moderncnn.training.trainer.Trainer`)."""
+    cfg, d = t.cfg, t.dist
+    n_params = sum(p.numel() for p in t.model.parameters())
+    lines = [
+        f"moderncnn train: {cfg.model} ({n_params / 1e6:.3f} M params) on {t.run_data.dataset_name} "
+        f"({len(t.data.train_set)} train / {len(t.data.val_set)} val images, {t.num_classes} classes), "
+        f"{t.train_transform.img_size} px",
+        f"  {cfg.epochs} epochs × {t.steps_per_epoch} steps, batch {cfg.batch_size} per process × {d.world_size} "
+        f"process(es) × {cfg.grad_accum_steps} accumulation = {t.global_batch}, {cfg.opt} lr {t.lr:.4g} ({cfg.sched}), "
+        f"device {t.device}" + (", bf16 autocast" if cfg.amp else "")
+        + (f", EMA {cfg.model_ema_decay}" if t.ema else ""),
+    ]
+    if t.progressive is not None:
+        lines.append(t.progressive.table())
+    lines.append(f"  writing to {t.run_dir}")
+    return "\n".join(lines)
+
+
+def summarize_run(t: Any, deploy: dict[str, Any] | None) -> str:
+    """The lines a finished run prints: best top-1, time, the files of its run folder, the deploy check."""
+    lines = [(f"done: best top-1 {t.best_top1:.2f}% (epoch {t.best_epoch + 1})" if t.best_top1 is not None else "done")
+             + f"; {t.train_time:.0f} s in training epochs (evaluation and export not counted)",
+             f"  run folder      {t.run_dir}"]
+    for name in ("config.yaml", "metrics.csv", "log.jsonl", "curves.png", "progressive.png",
+                 "last.safetensors", "best.safetensors", "model_deploy.safetensors"):
+        if (t.run_dir / name).exists():
+            lines.append(f"    {name}")
+    if deploy:
+        line = (f"  deploy model: {deploy['form']}, max |Δlogit| {deploy['max_abs_err']:.3g} (relative "
+                f"{deploy['rel_err']:.3g})")
+        if deploy.get("speedup") is not None:
+            line += (f"; batch {deploy['bench_batch']} forward on this machine: train form {deploy['train_ms']:.2f} ms,"
+                     f" deploy form {deploy['deploy_ms']:.2f} ms ({deploy['speedup']:.2f}×)")
+        lines.append(line)
+    return "\n".join(lines)

@@ -4,7 +4,8 @@ Training is split into M stages. Early stages use small images and weak regulari
 images and strong regularization (RandAugment magnitude, mixup/cutmix alpha, dropout), because a small network
 input needs less regularization than a large one.
 
-Two behaviours are provided, because the paper and the released code disagree (reference notes §2.5):
+Two behaviours are provided, because the paper and the released code disagree (docs/training.md,
+"Progressive learning"):
 
 ``mode="paper"`` (Algorithm 1)
     Stage ``i = 0..M-1`` uses ``v_i = v_min + (v_max - v_min) * i / (M - 1)`` for the image size and for every
@@ -28,7 +29,12 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-__all__ = ["MODES", "PROGRESSIVE_TARGETS", "ProgressiveSchedule", "StageParams", "from_model"]
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = ["MODES", "PROGRESSIVE_TARGETS", "ProgressiveSchedule", "StageParams", "from_model", "has_targets",
+           "schedule_for", "set_dropout"]
 
 MODES = ("paper", "official")
 
@@ -53,6 +59,10 @@ class StageParams:
     @property
     def epochs(self) -> int:
         return self.end_epoch - self.start_epoch
+
+    def describe(self, batch_size: int) -> str:
+        return (f"{self.img_size} px, RandAugment m {self.ra_magnitude:.3g}, mixup {self.mixup_alpha:.3g}, cutmix "
+                f"{self.cutmix_alpha:.3g}, dropout {self.dropout:.3g}, batch {batch_size}")
 
 
 def _pair(value: float | Range, name: str) -> Range:
@@ -299,25 +309,35 @@ PROGRESSIVE_TARGETS: dict[str, dict[str, dict[str, Range]]] = {
 }
 
 
-def _variant(name: str) -> str:
-    """``"tf_efficientnetv2_s.in21k"`` / ``"efficientnetv2-m"`` / ``"L"`` -> ``"s"`` / ``"m"`` / ``"l"``."""
+def _match_variant(name: str) -> str | None:
+    """``"tf_efficientnetv2_s.in21k"`` / ``"efficientnetv2-m"`` / ``"L"`` -> ``"s"`` / ``"m"`` / ``"l"``; else None."""
     base = name.lower().split(".")[0]
     match = re.fullmatch(r"(?:tf_)?(?:efficientnet_?v2[_-])?(s|m|l|xl|b[0-3])", base)
-    if match is None:
+    return match.group(1) if match else None
+
+
+def has_targets(name: str) -> bool:
+    """Whether model ``name`` has an EfficientNetV2 progressive table (:data:`PROGRESSIVE_TARGETS`)."""
+    return _match_variant(name) is not None
+
+
+def _variant(name: str) -> str:
+    variant = _match_variant(name)
+    if variant is None:
         valid = ", ".join(f"efficientnetv2_{v}" for v in PROGRESSIVE_TARGETS["official"])
         raise ValueError(
             f"No progressive-learning targets for model {name!r}; they exist for {valid} (also with the tf_ "
             "prefix). For another model build ProgressiveSchedule(total_epochs, size=..., ra_magnitude=..., ...)."
         )
-    return match.group(1)
+    return variant
 
 
 def from_model(name: str, total_epochs: int, mode: str = "official", **overrides) -> ProgressiveSchedule:
     """The EfficientNetV2 progressive schedule of model ``name`` (S/M/L/XL, B0-B3) over ``total_epochs``.
 
-    ``mode="official"`` gives the released code's per-stage values (reference §2.5 table, e.g. S: sizes 171, 214,
-    257, 300, RandAugment 5, 6.67, 8.33, 10, dropout 0.2 throughout); ``mode="paper"`` gives paper Table 6's
-    ramps (S: 128 -> 300, RandAugment 5 -> 15, dropout 0.1 -> 0.3). ``overrides`` are passed to
+    ``mode="official"`` gives the released code's per-stage values (docs/training.md, "Progressive learning";
+    e.g. S: sizes 171, 214, 257, 300, RandAugment 5, 6.67, 8.33, 10, dropout 0.2 throughout); ``mode="paper"``
+    gives paper Table 6's ramps (S: 128 -> 300, RandAugment 5 -> 15, dropout 0.1 -> 0.3). ``overrides`` are passed to
     :class:`ProgressiveSchedule` (e.g. ``num_stages``, ``batch_sizes``, ``size_divisor``).
     """
     if mode not in MODES:
@@ -328,3 +348,39 @@ def from_model(name: str, total_epochs: int, mode: str = "official", **overrides
     kwargs.update(overrides)
     return ProgressiveSchedule(total_epochs, **kwargs)
 
+
+
+def schedule_for(model: str, total_epochs: int, mode: str, *, num_stages: int, default_dropout: float | None,
+                 **ranges) -> ProgressiveSchedule:
+    """The training run's schedule: model ``model``'s EfficientNetV2 table with ``ranges`` (``size``,
+    ``ra_magnitude``, ``mixup``, ``cutmix``, ``dropout``, ``batch_sizes``) overriding it; a model without a
+    table needs ``size`` and gets RandAugment off and ``default_dropout`` throughout unless given. Every invalid
+    value is a :class:`ConfigError`."""
+    if mode not in MODES:
+        raise ConfigError(f"--progressive {mode!r}: expected one of {', '.join(MODES)}")
+    try:
+        if has_targets(model):
+            return from_model(model, total_epochs, mode, num_stages=num_stages, **ranges)
+        if "size" not in ranges:
+            raise ConfigError(
+                f"{model} has no EfficientNetV2 progressive table; give the ranges yourself "
+                "(prog_size: [min, max], and optionally prog_ra_magnitude, prog_mixup, prog_dropout)"
+            )
+        ranges = {"ra_magnitude": 0.0, "dropout": default_dropout or 0.0, **ranges}
+        return ProgressiveSchedule(total_epochs, num_stages=num_stages, mode=mode, **ranges)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # the schedule's own range checks
+        raise ConfigError(str(exc)) from exc
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Set a stage's classifier dropout (``model.drop_rate`` and every ``nn.Dropout`` in the head)."""
+    if hasattr(model, "drop_rate"):
+        model.drop_rate = p
+    for attr in getattr(model, "head_attrs", ("head",)):
+        head = getattr(model, attr, None)
+        if isinstance(head, nn.Module):
+            for m in head.modules():
+                if isinstance(m, nn.Dropout):
+                    m.p = p

@@ -102,15 +102,6 @@ class LRSchedule:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
-    def state_dict(self) -> dict:
-        return dict(vars(self))
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            if key not in vars(self):
-                raise KeyError(f"LRSchedule.load_state_dict: unknown key {key!r}")
-            setattr(self, key, value)
-
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"LRSchedule({args})"

@@ -1,0 +1,102 @@
+"""One evaluation loop: top-1/top-5 and loss of a model over a loader, used by the trainer every epoch and by
+``moderncnn eval`` (:func:`evaluate_checkpoint`) on a run folder or a weights file it wrote."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..errors import CheckpointError
+from .distributed import DistInfo, all_reduce_sum
+from .metrics import accuracy
+
+__all__ = ["evaluate", "evaluate_checkpoint"]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, *, device: torch.device | str = "cpu", amp: bool = False,
+             channels_last: bool = False, dist: DistInfo | None = None) -> dict[str, float]:
+    """``{"loss", "top1", "top5", "images"}`` of ``model`` over ``loader`` (percentages; summed over the
+    processes of ``dist`` when each holds a shard)."""
+    device = torch.device(device)
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext():
+            out = model(x)
+        out = out.float()
+        top1, top5 = accuracy(out, y, (1, 5))
+        loss = nn.functional.cross_entropy(out, y, reduction="sum")
+        sums += torch.stack([loss, top1, top5, torch.tensor(len(y), device=device)]).double()
+    if dist is not None:
+        sums = all_reduce_sum(sums, dist)
+    n = max(1.0, sums[3].item())
+    return {"loss": sums[0].item() / n, "top1": 100 * sums[1].item() / n, "top5": 100 * sums[2].item() / n,
+            "images": int(sums[3].item())}
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    img_size: int | None = None,
+    batch_size: int = 256,
+    workers: int = 0,
+    val_samples: int | None = None,
+    device: str = "cpu",
+    verbose: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Top-1/top-5 (and loss) of a run folder's weights (``best``, else ``last``; raw and EMA), or of one
+    weights file written by ``moderncnn train``. Returns ``{"raw": {...}, "ema": {...}}``."""
+    from ..data.assembly import AugmentedDataset, random_subset
+    from ..data.datasets import check_eval_classes, load_dataset
+    from ..data.transforms import build_eval_transform, resolve_mean_std
+    from ..interop.spec import read_description
+    from .checkpoint import load_weights_file
+    from .config import TrainConfig, from_dict, read_yaml
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        tag = "best" if (path / "best.safetensors").is_file() else "last"
+        files = {"raw": path / f"{tag}.safetensors", "ema": path / f"{tag}_ema.safetensors"}
+        run_dir = path
+        if not files["raw"].is_file():
+            raise CheckpointError(f"{path} holds no best.safetensors or last.safetensors; is it a run folder?")
+    elif path.is_file():
+        files, run_dir = {"raw": path}, path.parent
+    else:
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    cfg = from_dict(read_yaml(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else TrainConfig()
+    dataset = dataset or cfg.dataset
+    ds = load_dataset(dataset, data_dir=data_dir if data_dir is not None else cfg.data_dir, split="val")
+    results: dict[str, dict[str, float]] = {}
+    for which, f in files.items():
+        if not f.is_file():
+            continue
+        spec, extra = read_description(f)
+        check_eval_classes(spec.num_classes, ds, f"{f.name} ({spec.name})")
+        model = spec.build()
+        model.load_state_dict(load_weights_file(f)[0])
+        size = img_size or extra.get("img_size") or cfg.eval_img_size or cfg.img_size or ds.image_size
+        if "mean" in extra and "std" in extra:
+            mean, std = extra["mean"], extra["std"]
+        else:
+            mean, std = (cfg.mean, cfg.std) if cfg.mean and cfg.std else resolve_mean_std(dataset)
+        kw = {} if cfg.crop_pct is None else {"crop_pct": cfg.crop_pct}
+        transform = build_eval_transform(size, in_chans=spec.in_chans, source_chans=ds.in_chans, mean=mean, std=std,
+                                         **kw)
+        val = AugmentedDataset(ds, random_subset(len(ds), val_samples, cfg.seed + 1), transform, seeded=False)
+        loader = DataLoader(val, batch_size=batch_size, num_workers=workers)
+        results[which] = r = evaluate(model.to(device), loader, device=device)
+        if verbose:
+            print(f"{which:>4} {f.name}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}  "
+                  f"({r['images']} {dataset} val images at {size} px)")
+    return results
