@@ -102,3 +102,17 @@ def test_erf_command(tmp_path, capsys):
     assert csv_lines[0].startswith("model,images,size,ratio@0.2") and len(csv_lines) == 3
     assert "ratio@0.2" in capsys.readouterr().out
     assert main(["erf", "mobilenetv2_050", "--checkpoint", "a", "b", "--out", str(out)]) == 2
+
+
+def test_erf_without_matplotlib_still_writes_the_ratios(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from moderncnn.analysis.erf import ERFResult, plot, write_ratios
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    r = ERFResult(torch.ones(8, 8), 1, {0.2: 0.25})
+    assert plot({"m": r}, tmp_path / "erf.png") is None
+    assert "matplotlib is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "erf.png").exists()
+    paths = write_ratios({"m": r}, tmp_path / "erf.png")
+    assert [p.name for p in paths] == ["erf.csv", "erf.json"] and all(p.exists() for p in paths)

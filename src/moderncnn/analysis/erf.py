@@ -165,13 +165,14 @@ def write_ratios(results: dict[str, ERFResult], path: str | Path) -> list[Path]:
     return [csv_path, json_path]
 
 
-def plot(results: dict[str, ERFResult], out: str | Path) -> Path:
-    """The log-scaled ERF maps side by side with one colour scale for all, area ratios in the titles."""
-    import matplotlib
+def plot(results: dict[str, ERFResult], out: str | Path) -> Path | None:
+    """The log-scaled ERF maps side by side with one colour scale for all, area ratios in the titles.
+    ``None`` (after a one-line note) when matplotlib, an optional extra, is not installed."""
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("the ERF figure")
+    if plt is None:
+        return None
     maps = {name: r.log_map().numpy() for name, r in results.items()}
     vmax = max(m.max() for m in maps.values())
     fig, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps) + 0.8, 3.6), squeeze=False)

@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
         results[label] = erf(model, cache[chans], batch_size=args.batch_size, progress=not args.quiet)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    written = [plot(results, out), *write_ratios(results, out)]
+    figure = plot(results, out)  # None without matplotlib: the ratios are still written
+    written = ([figure] if figure is not None else []) + write_ratios(results, out)
     thresholds = sorted(next(iter(results.values())).ratios)
     print(f"{'model':<32}" + "".join(f"{f'ratio@{t:g}':>12}" for t in thresholds))
     for name, r in results.items():
