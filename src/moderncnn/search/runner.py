@@ -32,6 +32,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import ConfigError
+from ..plotting import pyplot
 from .reward import RewardWeights, measure_step_time, reward
 from .samplers import SAMPLERS, make_sampler
 from .space import SearchSpace, load_space
@@ -311,13 +312,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def plot_pareto(rows: list[dict[str, Any]], path: Path, baseline: dict[str, Any] | None = None) -> Path | None:
     """Accuracy vs step time, marker area ∝ parameters, the Pareto front joined; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib is not installed, so no Pareto plot (pip install matplotlib)", file=sys.stderr)
+    plt = pyplot("the Pareto plot")
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(7, 5))
     acc = [100 * r["accuracy"] for r in rows]

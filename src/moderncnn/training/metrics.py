@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..plotting import pyplot
 from .checkpoint import atomic_write, atomic_write_text
 
 CSV_COLUMNS = [
@@ -89,12 +90,9 @@ class RunLog:
 
     def plot(self) -> Path | None:
         """``curves.png``: loss, top-1, learning rate and image size per epoch."""
-        if not self.rows:
+        plt = pyplot("curves.png")
+        if not self.rows or plt is None:
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
         def col(name: str) -> list[float]:
             return [_num(r.get(name)) for r in self.rows]

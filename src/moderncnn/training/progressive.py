@@ -28,10 +28,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
 from ..errors import ConfigError
+from ..plotting import pyplot
 
 __all__ = ["MODES", "PROGRESSIVE_TARGETS", "ProgressiveSchedule", "StageParams", "from_model", "has_targets",
            "schedule_for", "set_dropout"]
@@ -211,12 +213,11 @@ class ProgressiveSchedule:
     def __str__(self) -> str:
         return self.table()
 
-    def plot(self, path: str) -> str:
-        """Write a PNG of image size and each regularizer against the epoch (matplotlib, Agg backend)."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+    def plot(self, path: str) -> str | None:
+        """Write a PNG of image size and each regularizer against the epoch; None without matplotlib."""
+        plt = pyplot(Path(path).name)
+        if plt is None:
+            return None
 
         epochs = list(range(self.total_epochs + 1))
         per_epoch = [self.stage_at(min(e, self.total_epochs - 1)) for e in epochs]
