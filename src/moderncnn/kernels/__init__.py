@@ -68,6 +68,8 @@ _CPU_MIN_K: dict[tuple[int, bool, bool], int] = {
     (2, True, True): 15,
 }
 _CPU_FAST_DTYPES = (torch.float32, torch.bfloat16)
+# preferred_layout leaves maps with this few channels in NCHW (a torch 2.14 CPU crash, see there)
+_CPU_NCHW_MAX_CHANNELS = 8
 
 _default_impl = os.environ.get("MODERNCNN_DWCONV_IMPL", "auto")
 
@@ -160,6 +162,26 @@ def _cpu_onednn_path(x: torch.Tensor, k: int, train: bool, stride: int = 1) -> b
     )
 
 
+def preferred_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the memory format the models run fastest in on its device (``forward_stem`` converts the
+    stem's output with it).
+
+    On the CPU (float32/bfloat16 batches) that is channels_last: oneDNN's depthwise convolutions and their
+    gradients are 2-15x faster there than in NCHW (docs/benchmarks-cpu-dwconv.md), the 1×1 and dense convs,
+    BatchNorm and activations keep the layout, and ConvNeXt's NHWC permutes become free; whole models measured
+    faster in both training and inference (docs/benchmarks-cpu-models.md). Maps with at most 8 channels (the
+    image itself: RepVGG has no stem before its first block) stay NCHW: the weight gradient of a channels_last
+    1×1 stride-2 conv with 3-8 input channels corrupts the heap in torch 2.14's CPU build (docs/kernels.md).
+    Elsewhere, and with ``set_default_impl("torch")`` (plain PyTorch everywhere), ``x`` is returned as given.
+    """
+    if (
+        x.device.type == "cpu" and x.dim() == 4 and x.shape[1] > _CPU_NCHW_MAX_CHANNELS
+        and x.dtype in _CPU_FAST_DTYPES and _default_impl != "torch" and not torch.is_autocast_enabled("cpu")
+    ):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def depthwise_conv2d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -233,4 +255,4 @@ def depthwise_conv2d(
         return DepthwiseConv2dTriton.apply(x, weight, bias)
 
 
-__all__ = ["depthwise_conv2d", "get_default_impl", "set_default_impl"]
+__all__ = ["depthwise_conv2d", "get_default_impl", "preferred_layout", "set_default_impl"]

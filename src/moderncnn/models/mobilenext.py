@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -109,7 +110,7 @@ class SandglassBlock(nn.Module):
         else:
             path = 4
         self.path = path
-        relu6 = nn.ReLU6
+        relu6 = partial(nn.ReLU6, inplace=True)  # on the fresh BN output: no extra wide tensor per activation
         self.dw1 = ConvBNAct(inp, inp, 3, 1, groups=inp, act_layer=relu6) if path in (1, 4) else None
         self.pw_reduce = ConvBN(inp, hidden, 1)
         self.pw_expand = ConvBNAct(hidden, oup, 1, act_layer=relu6)
@@ -151,7 +152,7 @@ class MobileNeXt(ModelBase):
         super().__init__(cfg)
         w = cfg.width_mult
         stem = make_divisible(cfg.stem_chs * w, 8)
-        self.stem = ConvBNAct(cfg.in_chans, stem, 3, 2, act_layer=nn.ReLU6)
+        self.stem = ConvBNAct(cfg.in_chans, stem, 3, 2, act_layer=partial(nn.ReLU6, inplace=True))
         dpr = drop_path_rates(cfg.drop_path_rate, sum(n for _, _, n, _ in cfg.arch))
         stages: list[list[SandglassBlock]] = [[]]
         self.feature_info, inp, reduction, idx = [], stem, 2, 0
