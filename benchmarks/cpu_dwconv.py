@@ -166,13 +166,20 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (tests)")
+    ap.add_argument("--sections", default="ops,small,model", help="comma-separated: ops, small, model")
     ap.add_argument("--out", default="docs/benchmarks-cpu-dwconv.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.time()
-    lines = op_rows(args.rounds, args.smoke) + [""] + small_rows(args.rounds, args.smoke) + [""]
-    lines += model_rows(max(2, args.rounds // 2), args.smoke)
+    sections = args.sections.split(",")
+    lines = []
+    if "ops" in sections:
+        lines += op_rows(args.rounds, args.smoke) + [""]
+    if "small" in sections:
+        lines += small_rows(args.rounds, args.smoke) + [""]
+    if "model" in sections:
+        lines += model_rows(max(2, args.rounds // 2), args.smoke)
     command = "PYTHONPATH=src python benchmarks/cpu_dwconv.py " + " ".join(sys.argv[1:])
     head = [
         "# Large-kernel depthwise conv on the CPU: layout choice of `impl=\"auto\"`",

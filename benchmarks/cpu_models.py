@@ -230,8 +230,9 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     t0, load_before = time.time(), _loadavg()
     results: dict[str, list] = {}
+    chosen = [next(p for p in PAIRS if p.ours == name) for name in dict.fromkeys(wanted)]  # in the given order
     for rep in range(args.repeat):
-        for pair in (p for p in PAIRS if p.ours in wanted):
+        for pair in chosen:
             m = measure(pair, rounds=args.rounds, warmup=args.warmup, quick=args.quick)
             results.setdefault(pair.ours, []).append(m)
             print(f"run {rep + 1} {pair.ours}: " + "; ".join(
@@ -259,7 +260,7 @@ def main() -> int:
         "| b1 ours deploy | b1 baseline best form | **b1 ratio** |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for pair in (p for p in PAIRS if p.ours in wanted):
+    for pair in chosen:
         lines += rows(pair, results[pair.ours])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
