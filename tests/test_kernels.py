@@ -334,3 +334,59 @@ def test_gpu_unpadded_forward_path(dtype, monkeypatch):
     monkeypatch.setattr(K, "PAD_INPUT", False)  # the masked, clipped-window loads
     _gpu_check(8, 64, 56, 56, 31, dtype, channels_last=False)
     _gpu_check(8, 64, 28, 28, 7, dtype, channels_last=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole models on the CPU: the dispatch and channels_last change rounding only
+# --------------------------------------------------------------------------------------------------
+
+FAMILY_CASES = [
+    ("convnext_tiny", dict(depths=(1, 1, 1, 1))),  # 7×7 through the oneDNN-forward path when training
+    ("mobilenext_100", {}),
+    ("efficientnetv2_b0", {}),
+    ("replknet_31b", dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128))),
+    ("repvgg_a0", {}),
+]
+
+
+@pytest.mark.parametrize("name, kw", FAMILY_CASES, ids=[c[0] for c in FAMILY_CASES])
+def test_models_auto_vs_float64(name, kw):
+    """Logits and every parameter gradient of ``impl="auto"`` (channels_last after the stem, the CPU table,
+    its backward paths: gradients are taken) and of plain PyTorch (``set_default_impl("torch")``: F.conv2d,
+    NCHW) against the float64 model, float32, eval mode (BN on calibrated running statistics, so no
+    gradient is a cancellation that is ~0 in exact arithmetic); and the layout after the stem."""
+    import copy
+
+    from conftest import randomize_bn
+    from moderncnn import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, **kw)
+    randomize_bn(model, input_size=64)
+    ref_model = copy.deepcopy(model).double()
+    x = torch.randn(2, 3, 64, 64)
+    seen = []
+    hook = model.stages[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))  # after the stem
+    old = kernels.get_default_impl()
+    try:
+        kernels.set_default_impl("torch")
+        y_ref = ref_model(x.double())
+        y_ref.square().mean().backward()
+        errs = {}
+        for impl in ("torch", "auto"):
+            kernels.set_default_impl(impl)
+            model.zero_grad()
+            y = model(x)
+            y.square().mean().backward()
+            grad_errs = [rel_err(p.grad.double(), q.grad) for p, q in zip(model.parameters(), ref_model.parameters())
+                         if q.grad is not None]
+            errs[impl] = (rel_err(y.double(), y_ref), max(grad_errs))
+    finally:
+        kernels.set_default_impl(old)
+        hook.remove()
+    h = seen[-1]
+    assert (h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous()) == (name != "repvgg_a0")
+    for impl, (out_err, grad_err) in errs.items():
+        assert out_err <= 1e-4 and grad_err <= 5e-3, (impl, errs)
+    # and no worse than PyTorch's own float32 rounding by more than a small factor
+    assert errs["auto"][0] <= 10 * errs["torch"][0] + 1e-6 and errs["auto"][1] <= 10 * errs["torch"][1] + 1e-5, errs
