@@ -56,8 +56,9 @@ _SMALL_MAP_HW, _SMALL_MAP_MIN_K = 196, 13
 # the phrasing as a forward, and converting an NCHW input to channels_last and back costs more than a
 # small kernel's forward; on channels_last input PyTorch's own 5×5 weight gradient is as fast as the
 # phrasing (0.7-1.0x), from k=7 it is not (1.1-2.6x); at stride 2 the weight gradient is a dilated conv,
-# which oneDNN runs slowly in channels_last (3x slower than PyTorch's at k=5-7, 3x faster at k=15). Below these sizes, and for
-# float64/float16 (where oneDNN's channels_last path is the slow one), F.conv2d runs on the input as given.
+# which oneDNN runs slowly in channels_last (3x slower than PyTorch's at k=5-7, 3x faster at k=15).
+# Below these sizes, and for float64/float16 (where oneDNN's channels_last path is the slow one),
+# F.conv2d runs on the input as given.
 _CPU_MIN_K: dict[tuple[int, bool, bool], int] = {
     (1, False, False): 15,
     (1, False, True): 15,
