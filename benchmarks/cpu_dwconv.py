@@ -12,8 +12,11 @@ what that buys, side by side in one run, median of interleaved repeats:
 2. the whole RepLKNet-31B: batch-1 inference at 224², training form and fused, and one training step
    (batch 2, 224², SGD), each with ``set_default_impl("torch")`` vs ``"auto"``.
 
-The thresholds in ``moderncnn/kernels/__init__.py`` were read from this script's op rows; rerun it when
-torch changes.
+3. small kernels and stride 2 (the families' 3×3, 5×5 and 7×7 depthwise convs, batch 16): ``F.conv2d`` as
+   given against the oneDNN-forward path forced, in NCHW and channels_last, with the choice ``auto`` makes.
+
+The thresholds in ``moderncnn/kernels/__init__.py`` (``_CPU_MIN_K``) were read from this script's op rows;
+rerun it when torch changes.
 """
 
 from __future__ import annotations
@@ -66,6 +69,57 @@ def op_rows(rounds: int, smoke: bool) -> list[str]:
     return lines
 
 
+# small kernels and stride 2 (the families' depthwise convs at batch 16): MobileNeXt/EfficientNetV2 3×3 (stride
+# 1 and 2), RepLKNet's 5×5, ConvNeXt's 7×7, and k=7/15 at stride 2 (the stride-2 rows of the table)
+SMALL = [(144, 32, 3, 1), (192, 32, 3, 2), (384, 8, 3, 1), (128, 32, 5, 1), (128, 32, 5, 2), (96, 32, 7, 1),
+         (768, 4, 7, 1), (96, 32, 7, 2), (128, 32, 15, 2)]
+
+
+def time_small(N: int, C: int, H: int, k: int, s: int, cl: bool, rounds: int) -> dict[str, float]:
+    """Forward ("tf"/"pf") and forward+backward ("tb"/"pb") ms of F.conv2d as given and the forced oneDNN path."""
+    from moderncnn.kernels._dwconv_cpu import DepthwiseConv2dCPU, same_dwconv
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, C, H, H, generator=g).contiguous(memory_format=torch.channels_last if cl else
+                                                        torch.contiguous_format)
+    w = torch.randn(C, 1, k, k, generator=g) / k
+    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+    dy = F.conv2d(x, w, stride=s, padding=k // 2, groups=C).normal_(generator=g)
+
+    def tf():
+        with torch.no_grad():
+            F.conv2d(x, w, stride=s, padding=k // 2, groups=C)
+
+    def pf():
+        with torch.no_grad():
+            same_dwconv(x, w, None, stride=s)
+
+    def tb():
+        torch.autograd.grad(F.conv2d(xg, wg, stride=s, padding=k // 2, groups=C), (xg, wg), dy)
+
+    def pb():
+        torch.autograd.grad(DepthwiseConv2dCPU.apply(xg, wg, None, s), (xg, wg), dy)
+
+    return time_rotating({"tf": tf, "pf": pf, "tb": tb, "pb": pb}, rounds)
+
+
+def small_rows(rounds: int, smoke: bool) -> list[str]:
+    """F.conv2d as given vs the oneDNN-forward path, both layouts, forward and forward+backward, batch 16."""
+    lines = ["| C@H², k, stride, layout | torch fwd ms | oneDNN-fwd path fwd ms | ratio | torch f+b ms "
+             "| path f+b ms | ratio | `auto` (inference / training) |", "|---|---|---|---|---|---|---|---|"]
+    for C, H, k, s in SMALL[:2] if smoke else SMALL:
+        N, C, H = (2, C // 16, max(H // 4, 4)) if smoke else (16, C, H)
+        for cl in (False, True):
+            r = time_small(N, C, H, k, s, cl, rounds)
+            pick = " / ".join("path" if k >= kernels._CPU_MIN_K[(s, train, cl)] else "torch"
+                              for train in (False, True))
+            lines.append(f"| {C}@{H}², {k}, {s}, {'CL' if cl else 'NCHW'} | {r['tf']:.2f} | {r['pf']:.2f} "
+                         f"| {r['tf'] / r['pf']:.1f}× | {r['tb']:.2f} | {r['pb']:.2f} | {r['tb'] / r['pb']:.1f}× "
+                         f"| {pick} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def model_rows(rounds: int, smoke: bool) -> list[str]:
     size, kw = (64, dict(layers=(1, 1, 1, 1))) if smoke else (224, {})
     model = create_model("replknet_31b", **kw).eval()
@@ -112,12 +166,20 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (tests)")
+    ap.add_argument("--sections", default="ops,small,model", help="comma-separated: ops, small, model")
     ap.add_argument("--out", default="docs/benchmarks-cpu-dwconv.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.time()
-    lines = op_rows(args.rounds, args.smoke) + [""] + model_rows(max(2, args.rounds // 2), args.smoke)
+    sections = args.sections.split(",")
+    lines = []
+    if "ops" in sections:
+        lines += op_rows(args.rounds, args.smoke) + [""]
+    if "small" in sections:
+        lines += small_rows(args.rounds, args.smoke) + [""]
+    if "model" in sections:
+        lines += model_rows(max(2, args.rounds // 2), args.smoke)
     command = "PYTHONPATH=src python benchmarks/cpu_dwconv.py " + " ".join(sys.argv[1:])
     head = [
         "# Large-kernel depthwise conv on the CPU: layout choice of `impl=\"auto\"`",

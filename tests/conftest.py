@@ -70,3 +70,15 @@ def randomize_bn(model: torch.nn.Module, batches: int = 2, input_size: int = 64,
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|: the parity metric used throughout the tests."""
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+@pytest.fixture
+def plain_torch():
+    """Run models as plain PyTorch does (``F.conv2d`` everywhere, NCHW): for parity tests whose float32
+    tolerance says "the same kernels in the same order" (the dispatch's own numerics: tests/test_kernels.py)."""
+    from moderncnn import kernels
+
+    old = kernels.get_default_impl()
+    kernels.set_default_impl("torch")
+    yield
+    kernels.set_default_impl(old)

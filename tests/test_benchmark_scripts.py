@@ -67,7 +67,8 @@ def test_cpu_dwconv_smoke(tmp_path):
     proc = _run(["benchmarks/cpu_dwconv.py", "--smoke", "--rounds", "1", "--out", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
-    assert len(_ratios(text)) == 2 * 2 + 3  # two op rows (fwd, f+b), three model rows
+    # two op rows (fwd, f+b), two small-kernel shapes in two layouts (fwd, f+b), three model rows
+    assert len(_ratios(text)) == 2 * 2 + 2 * 2 * 2 + 3
     assert all(r > 0 for r in _ratios(text))
 
 
@@ -83,3 +84,25 @@ def test_gpu_suite_flags_exist():
             for flag in re.findall(r"(--[a-z-]+)", line):
                 assert flag in helptext, (script, flag)
         assert "--quick" in helptext  # passed through $QUICK
+
+
+@pytest.mark.slow
+def test_cpu_models_quick(tmp_path):
+    """Every pair, every measurement, the table writer: one row per family with finite, positive ratios."""
+    out = tmp_path / "cpu_models.md"
+    proc = _run(["benchmarks/cpu_models.py", "--quick", "--repeat", "2", "--rounds", "1", "--warmup", "1",
+                 "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "×" not in line
+            and not line.startswith("| ours")]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["convnext_tiny", "efficientnetv2_s", "repvgg_a2",
+                                                     "mobilenext_100", "replknet_31b"]
+    for r in rows:  # two runs -> "a / b" per ratio column; three ratio columns in bold
+        bold = re.findall(r"\*\*([0-9.]+) / ([0-9.]+)\*\*", r)
+        assert len(bold) == 3 and all(float(v) > 0 for pair in bold for v in pair), r
+    assert "QUICK" in out.read_text()
+
+
+def test_cpu_models_rejects_unknown_model(tmp_path):
+    proc = _run(["benchmarks/cpu_models.py", "--models", "resnet50", "--out", str(tmp_path / "x.md")])
+    assert proc.returncode == 2 and "resnet50" in proc.stderr

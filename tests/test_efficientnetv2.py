@@ -108,7 +108,7 @@ def _timm_and_ours(name, timm_name, timm_kwargs, dtype=F32, layout="timm"):
     PARITY + [pytest.param(*case, marks=pytest.mark.slow) for case in PARITY_SLOW],
     ids=[c[0] for c in PARITY + PARITY_SLOW],
 )
-def test_timm_parity(name, timm_name, timm_kwargs, dtype, sizes):
+def test_timm_parity(name, timm_name, timm_kwargs, dtype, sizes, plain_torch):
     theirs, ours = _timm_and_ours(name, timm_name, timm_kwargs, dtype)
     tol = 1e-5 if dtype == F32 else 1e-7
     for size in sizes:

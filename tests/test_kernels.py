@@ -43,18 +43,27 @@ def test_auto_on_cpu_is_f_conv2d_and_differentiable():
 
 
 @pytest.mark.parametrize(
-    "shape, k, train, cl, bias, dtype, fast",
+    "shape, k, train, cl, bias, dtype, fast, stride",
     [
-        ((2, 6, 11, 9), 15, False, False, True, torch.float32, True),  # NCHW input, oneDNN channels_last forward
-        ((1, 4, 5, 7), 31, True, False, True, torch.float32, True),  # kernel larger than the image, backward
-        ((3, 5, 9, 12), 17, True, True, False, torch.float32, True),  # channels_last in and out, no bias
-        ((2, 4, 13, 10), 15, True, False, True, torch.bfloat16, True),
-        ((2, 6, 10, 8), 5, True, False, True, torch.float32, True),  # with a backward pass from k=5
-        ((2, 6, 10, 8), 13, False, False, True, torch.float32, False),  # inference below k=15: F.conv2d as given
-        ((2, 6, 10, 8), 3, True, False, True, torch.float32, False),
+        ((2, 6, 11, 9), 15, False, False, True, torch.float32, True, 1),  # NCHW input, oneDNN channels_last forward
+        ((1, 4, 5, 7), 31, True, False, True, torch.float32, True, 1),  # kernel larger than the image, backward
+        ((3, 5, 9, 12), 17, True, True, False, torch.float32, True, 1),  # channels_last in and out, no bias
+        ((2, 4, 13, 10), 15, True, False, True, torch.bfloat16, True, 1),
+        ((2, 6, 10, 8), 5, True, False, True, torch.float32, True, 1),  # with a backward pass from k=5
+        ((2, 6, 10, 8), 7, True, True, True, torch.float32, True, 1),  # ConvNeXt's 7×7, channels_last
+        ((2, 6, 10, 8), 13, False, False, True, torch.float32, False, 1),  # inference below k=15: F.conv2d as given
+        ((2, 6, 10, 8), 3, True, False, True, torch.float32, False, 1),
+        # stride 2 (even and odd sizes: the transposed conv's output padding, the cropped weight gradient)
+        ((2, 6, 10, 8), 7, True, False, True, torch.float32, True, 2),
+        ((2, 5, 11, 9), 9, True, False, False, torch.float32, True, 2),
+        ((1, 4, 5, 6), 15, True, True, True, torch.float32, True, 2),  # kernel larger than the image, channels_last
+        ((2, 4, 13, 10), 7, True, False, True, torch.bfloat16, True, 2),
+        ((2, 6, 11, 9), 15, False, False, True, torch.float32, True, 2),
+        ((2, 6, 10, 8), 5, True, False, True, torch.float32, False, 2),  # stride 2 below k=7: F.conv2d
+        ((2, 6, 10, 8), 3, False, False, True, torch.float32, False, 2),
     ],
 )
-def test_auto_on_cpu_large_kernels(shape, k, train, cl, bias, dtype, fast, monkeypatch):
+def test_auto_on_cpu_large_kernels(shape, k, train, cl, bias, dtype, fast, stride, monkeypatch):
     """Output and all gradients against float64 F.conv2d; the layout F.conv2d saw; the layout returned."""
     calls = []
     real = F.conv2d
@@ -67,12 +76,13 @@ def test_auto_on_cpu_large_kernels(shape, k, train, cl, bias, dtype, fast, monke
     x = x64.to(dtype).contiguous(memory_format=mf).requires_grad_(train)
     w = w64.to(dtype).requires_grad_(train)
     b = b64.to(dtype).requires_grad_(train) if bias else None
-    y = depthwise_conv2d(x, w, b)
+    y = depthwise_conv2d(x, w, b, stride=stride)
     assert all(c.is_contiguous(memory_format=torch.channels_last) for c in calls) == (fast or cl)
     assert y.is_contiguous(memory_format=mf) and y.dtype == dtype
     tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
     inputs = [t.requires_grad_(train) for t in (x64, w64, b64) if t is not None]
-    ref = real(x64, w64, b64, padding=k // 2, groups=shape[1])
+    ref = real(x64, w64, b64, stride=stride, padding=k // 2, groups=shape[1])
+    assert y.shape == ref.shape
     assert rel_err(y.double(), ref) <= tol
     if train:
         dy = torch.randn(y.shape, generator=g, dtype=torch.float64)
@@ -81,6 +91,30 @@ def test_auto_on_cpu_large_kernels(shape, k, train, cl, bias, dtype, fast, monke
         for got, want in zip(grads, refs):
             assert got.dtype == dtype and rel_err(got.double(), want) <= tol
         assert grads[0].is_contiguous(memory_format=mf)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("cl", [False, True])
+def test_cpu_policy_rows(stride, train, cl, monkeypatch):
+    """Each row of the CPU table routes exactly from its threshold on, and never the 3×3 kernels of
+    MobileNeXt/EfficientNetV2 (PyTorch's own oneDNN path is the fast one there)."""
+    from moderncnn.kernels import _dwconv_cpu
+
+    min_k = kernels._CPU_MIN_K[(stride, train, cl)]
+    assert 5 <= min_k <= 15
+    routed = []
+    real_apply, real_same = _dwconv_cpu.DepthwiseConv2dCPU.apply, _dwconv_cpu.same_dwconv
+    monkeypatch.setattr(_dwconv_cpu.DepthwiseConv2dCPU, "apply", lambda *a: routed.append("f") or real_apply(*a))
+    monkeypatch.setattr(_dwconv_cpu, "same_dwconv", lambda *a, **kw: routed.append("s") or real_same(*a, **kw))
+    mf = torch.channels_last if cl else torch.contiguous_format
+    for k in sorted({3, min_k - 2, min_k}):
+        routed.clear()
+        x = torch.randn(1, 3, 9, 9).contiguous(memory_format=mf).requires_grad_(train)
+        w = torch.randn(3, 1, k, k, requires_grad=train)
+        depthwise_conv2d(x, w, stride=stride)
+        # the autograd function's own forward also calls same_dwconv: the first route is the choice
+        assert routed[:1] == ([("f" if train else "s")] if k >= min_k else []), (k, min_k)
 
 
 def test_auto_on_cpu_keeps_channels_last_and_float64_inputs(monkeypatch):
@@ -123,7 +157,7 @@ def test_default_impl_switch(monkeypatch):
         ((1, 4, 8, 8), (8, 1, 3, 3), {}, r"\(C, 1, k, k\)"),
         ((1, 4, 8, 8), (4, 1, 3, 5), {}, r"\(C, 1, k, k\)"),
         ((4, 8, 8), (4, 1, 3, 3), {}, r"\(N, C, H, W\)"),
-        ((1, 4, 8, 8), (4, 1, 3, 3), {"stride": 2}, "stride 1 only"),
+        ((1, 4, 8, 8), (4, 1, 3, 3), {"stride": 3}, r"stride 1 \('same' output size\) or 2"),
         ((1, 4, 8, 8), (4, 1, 3, 3), {"impl": "fast"}, "impl must be one of"),
     ],
 )
@@ -300,3 +334,59 @@ def test_gpu_unpadded_forward_path(dtype, monkeypatch):
     monkeypatch.setattr(K, "PAD_INPUT", False)  # the masked, clipped-window loads
     _gpu_check(8, 64, 56, 56, 31, dtype, channels_last=False)
     _gpu_check(8, 64, 28, 28, 7, dtype, channels_last=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole models on the CPU: the dispatch and channels_last change rounding only
+# --------------------------------------------------------------------------------------------------
+
+FAMILY_CASES = [
+    ("convnext_tiny", dict(depths=(1, 1, 1, 1))),  # 7×7 through the oneDNN-forward path when training
+    ("mobilenext_100", {}),
+    ("efficientnetv2_b0", {}),
+    ("replknet_31b", dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128))),
+    ("repvgg_a0", {}),
+]
+
+
+@pytest.mark.parametrize("name, kw", FAMILY_CASES, ids=[c[0] for c in FAMILY_CASES])
+def test_models_auto_vs_float64(name, kw):
+    """Logits and every parameter gradient of ``impl="auto"`` (channels_last after the stem, the CPU table,
+    its backward paths: gradients are taken) and of plain PyTorch (``set_default_impl("torch")``: F.conv2d,
+    NCHW) against the float64 model, float32, eval mode (BN on calibrated running statistics, so no
+    gradient is a cancellation that is ~0 in exact arithmetic); and the layout after the stem."""
+    import copy
+
+    from conftest import randomize_bn
+    from moderncnn import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, **kw)
+    randomize_bn(model, input_size=64)
+    ref_model = copy.deepcopy(model).double()
+    x = torch.randn(2, 3, 64, 64)
+    seen = []
+    hook = model.stages[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))  # after the stem
+    old = kernels.get_default_impl()
+    try:
+        kernels.set_default_impl("torch")
+        y_ref = ref_model(x.double())
+        y_ref.square().mean().backward()
+        errs = {}
+        for impl in ("torch", "auto"):
+            kernels.set_default_impl(impl)
+            model.zero_grad()
+            y = model(x)
+            y.square().mean().backward()
+            grad_errs = [rel_err(p.grad.double(), q.grad) for p, q in zip(model.parameters(), ref_model.parameters())
+                         if q.grad is not None]
+            errs[impl] = (rel_err(y.double(), y_ref), max(grad_errs))
+    finally:
+        kernels.set_default_impl(old)
+        hook.remove()
+    h = seen[-1]
+    assert (h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous()) == (name != "repvgg_a0")
+    for impl, (out_err, grad_err) in errs.items():
+        assert out_err <= 1e-4 and grad_err <= 5e-3, (impl, errs)
+    # and no worse than PyTorch's own float32 rounding by more than a small factor
+    assert errs["auto"][0] <= 10 * errs["torch"][0] + 1e-6 and errs["auto"][1] <= 10 * errs["torch"][1] + 1e-5, errs

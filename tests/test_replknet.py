@@ -279,15 +279,18 @@ def test_large_kernels_use_dispatch(monkeypatch, deploy):
     seen = []
     original = moderncnn.kernels.depthwise_conv2d
 
-    def spy(x, weight, bias=None, impl="auto"):
+    def spy(x, weight, bias=None, impl="auto", *, stride=1):
         seen.append(weight.shape[-1])
-        return original(x, weight, bias, impl)
+        return original(x, weight, bias, impl, stride=stride)
 
     monkeypatch.setattr(moderncnn.kernels, "depthwise_conv2d", spy)
     model = small_model(deploy=deploy).eval()
     with torch.no_grad():
         model(torch.randn(1, 3, 32, 32))
-    assert seen == [13, 11, 9, 7]  # one call per RepLK block, the large kernel only
+    assert [k for k in seen if k > 5] == [13, 11, 9, 7]  # one large kernel per RepLK block
+    # and every other depthwise conv (stem, small kernels, transitions) too, each once (docs/kernels.md)
+    dw = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels == m.out_channels]
+    assert len(seen) == len(dw) > 4
 
 
 # -- model face ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +311,100 @@ def benchmark(
     return rows
 
 
+RUNTIMES = ("eager", "compile", "onnxruntime")
+
+
+@dataclass
+class RuntimeResult:
+    model: str
+    runtime: str  # "eager" (PyTorch), "compile" (torch.compile), "onnxruntime" (the exported ONNX file)
+    batch: int
+    img_size: int
+    threads: int
+    ms_per_batch: float
+    img_per_s: float
+    vs_eager: float  # eager ms ÷ this runtime's ms (> 1: faster than PyTorch eager)
+
+
+def _onnx_runner(model: nn.Module, x: torch.Tensor, folder: Path) -> Callable[[], object]:
+    """Export ``model`` (already fused) to ONNX in ``folder``; a closure running it once in onnxruntime."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ConfigError("--runtime onnxruntime needs onnxruntime: pip install 'moderncnn[export]'") from exc
+    from .export import _write
+
+    path = folder / "model.onnx"
+    _write(model, "onnx", path, x if x.shape[0] >= 2 else x.expand(2, *x.shape[1:]).clone(), [])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()  # the same CPU budget as PyTorch
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    with torch.inference_mode():
+        ref = model(x)
+    err = ((torch.from_numpy(session.run(None, feed)[0]) - ref).abs().max() / ref.abs().max()).item()
+    if not err <= 1e-4:  # timing a file that computes something else would be meaningless
+        raise ConfigError(f"the ONNX export of {getattr(model, 'model_name', 'the model')} differs from PyTorch "
+                          f"by {err:.2e} (relative); not timing it")
+    return lambda: session.run(None, feed)
+
+
+def benchmark_runtimes(
+    models: list[str],
+    runtimes: tuple[str, ...] = RUNTIMES,
+    *,
+    batch: int = 1,
+    img_size: int | None = None,
+    warmup: int = 5,
+    iters: int = 10,
+    rounds: int = 5,
+    num_classes: int = 1000,
+    log: Callable[[str], None] | None = print,
+) -> list[RuntimeResult]:
+    """Deploy form of each model on the CPU (fp32 inference) in PyTorch eager and each of ``runtimes``.
+
+    The same fused model and the same input go to every runtime (the ONNX file is exported from it with
+    dynamic batch); the runtimes are timed in interleaved rounds that rotate who goes first
+    (:func:`time_rotating`, ``iters`` calls per round, median), onnxruntime with as many threads as torch.
+    """
+    import tempfile
+
+    from ..registry import get_entry
+
+    bad = [r for r in runtimes if r not in RUNTIMES]
+    if bad:
+        raise ConfigError(f"--runtime {', '.join(bad)}: choose from {', '.join(RUNTIMES)}")
+    runtimes = ("eager", *[r for r in dict.fromkeys(runtimes) if r != "eager"])  # eager is the reference
+    say = log or (lambda _m: None)
+    rows: list[RuntimeResult] = []
+    for name in models:
+        size = img_size or get_entry(name).input_size
+        model = build_ours(name, "deploy", num_classes).eval()
+        x = torch.randn(batch, 3, size, size)
+        with tempfile.TemporaryDirectory() as tmp:
+            fns: dict[str, Callable[[], object]] = {}
+            for rt in runtimes:
+                if rt == "onnxruntime":
+                    fns[rt] = _onnx_runner(model, x, Path(tmp))
+                else:
+                    fn = torch.compile(model) if rt == "compile" else model
+                    fns[rt] = partial(_run_inference, fn, x)
+            ms = time_rotating(fns, rounds, warmup=warmup, calls=iters)
+        for rt in runtimes:
+            row = RuntimeResult(name, rt, batch, size, torch.get_num_threads(), ms[rt], batch / ms[rt] * 1e3,
+                                ms["eager"] / ms[rt])
+            rows.append(row)
+            say(f"{name:<22} {rt:<12} {row.ms_per_batch:>9.2f} ms {row.img_per_s:>9.1f} img/s "
+                f"{row.vs_eager:>6.2f}x vs eager")
+    return rows
+
+
+def _run_inference(fn: Callable[[torch.Tensor], object], x: torch.Tensor) -> None:
+    with torch.inference_mode():
+        fn(x)
+
+
 HEADER = (
     f"{'model':<22} {'impl':<9} {'form':<6} {'mode':<5} {'img/s':>10} {'ms/batch':>9} "
     f"{'peak MB':>8} {'params M':>9} {'GMACs':>7} {'vs timm':>8}"
@@ -325,13 +420,13 @@ def format_row(r: BenchResult) -> str:
     )
 
 
-def write_results(rows: list[BenchResult], out: str | Path, meta: dict[str, Any] | None = None) -> list[Path]:
+def write_results(rows: list, out: str | Path, meta: dict[str, Any] | None = None) -> list[Path]:
     """Write ``rows`` as ``<out>.csv`` and ``<out>.json`` (a suffix on ``out`` is replaced)."""
     out = Path(out)
     base = out.with_suffix("") if out.suffix in (".csv", ".json") else out
     base.parent.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = Path(str(base) + ".csv"), Path(str(base) + ".json")
-    names = [f.name for f in fields(BenchResult)]
+    names = [f.name for f in fields(rows[0] if rows else BenchResult)]  # BenchResult or RuntimeResult rows
     with csv_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=names)
         writer.writeheader()
@@ -363,8 +458,10 @@ def environment() -> dict[str, Any]:
 
 __all__ = [
     "BenchResult",
+    "RuntimeResult",
     "time_rotating",
     "benchmark",
+    "benchmark_runtimes",
     "check_device",
     "environment",
     "format_row",

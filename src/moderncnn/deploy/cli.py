@@ -56,12 +56,15 @@ def _bench(args: argparse.Namespace) -> int:
     _check_batch_fits(args.batch, args.img_size or 224)
     env = environment()
     print(" ".join(f"{k}={v}" for k, v in env.items()))
-    print(HEADER)
-    rows = benchmark(
-        names, device=args.device, batch=args.batch, img_size=args.img_size, precision=args.precision,
-        channels_last=args.channels_last, compile=args.compile, mode=args.mode, form=args.form,
-        vs_timm=args.vs_timm, warmup=args.warmup, iters=args.iters, rounds=args.rounds,
-    )
+    if args.runtime:
+        rows = _bench_runtimes(args, names)
+    else:
+        print(HEADER)
+        rows = benchmark(
+            names, device=args.device, batch=args.batch, img_size=args.img_size, precision=args.precision,
+            channels_last=args.channels_last, compile=args.compile, mode=args.mode, form=args.form,
+            vs_timm=args.vs_timm, warmup=args.warmup, iters=args.iters, rounds=args.rounds,
+        )
     if args.out:
         meta = {**env, "command": "moderncnn " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])}
         paths = write_results(rows, args.out, meta)
@@ -82,6 +85,21 @@ def _check_batch_fits(batch: int, size: int) -> None:
     if need > have:
         raise ConfigError(f"-b {batch} at {size} px does not fit in memory: the input batch alone needs "
                           f"{need / 2**30:.1f} GiB and this machine has {have / 2**30:.1f} GiB; lower -b")
+
+
+def _bench_runtimes(args: argparse.Namespace, names: list[str]) -> list:
+    """``bench --runtime ...``: the deploy form in PyTorch eager beside torch.compile and/or onnxruntime."""
+    from .bench import benchmark_runtimes
+
+    clash = [flag for flag, on in (("--device cuda", args.device != "cpu"), ("--precision", args.precision != "fp32"),
+                                   ("--channels-last", args.channels_last), ("--compile", args.compile),
+                                   ("--vs-timm", args.vs_timm), ("--mode train/both", args.mode != "infer"))
+             if on]
+    if clash:
+        raise ConfigError(f"--runtime compares CPU fp32 inference of the deploy form; drop {', '.join(clash)} "
+                          "(name the runtimes instead: --runtime eager compile onnxruntime)")
+    return benchmark_runtimes(names, tuple(args.runtime), batch=args.batch, img_size=args.img_size,
+                              warmup=args.warmup, iters=args.iters, rounds=args.rounds)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -123,6 +141,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--form", choices=("train", "deploy", "both"), default="train",
                    help="deploy = fused (timm: timm.utils.model.reparameterize_model)")
     p.add_argument("--vs-timm", action="store_true", help="time timm's model too, interleaved, and the ratio")
+    p.add_argument("--runtime", nargs="+", choices=("eager", "compile", "onnxruntime"), default=None,
+                   help="time the deploy form (CPU, fp32 inference) in these runtimes beside PyTorch eager, "
+                        "interleaved: compile = torch.compile, onnxruntime = the exported ONNX file")
     p.add_argument("--warmup", "--num-warm-iter", type=int, default=5)
     p.add_argument("--iters", "--num-bench-iter", type=int, default=10, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (the median is reported)")

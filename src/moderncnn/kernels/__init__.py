@@ -50,11 +50,28 @@ _SMALL_MAP_HW, _SMALL_MAP_MIN_K = 196, 13
 # CPU, float32/bfloat16 (torch 2.14, oneDNN, 2-core x86; benchmarks/cpu_dwconv.py): PyTorch's NCHW
 # forward from k=15 on, and its weight gradient in either layout from k=5 on, leave oneDNN for loops
 # 2-40x slower than oneDNN's channels_last forward; ``_dwconv_cpu`` then computes output and gradients
-# with that forward alone (1.6-3.3x faster forward+backward at k=5-13, 9-13x at k=15-31). Below those
-# sizes, and for float64/float16 (where oneDNN's channels_last path is the slow one), F.conv2d runs on
-# the input as given.
-_CPU_MIN_K, _CPU_MIN_K_TRAIN = 15, 5
+# with that forward alone (1.6-3.3x faster forward+backward at k=5-13, 9-13x at k=15-31). Smallest k
+# from which it does, keyed by (stride, needs_backward, channels_last input), read off the op table of
+# docs/benchmarks-cpu-dwconv.md: at k=3 PyTorch's own weight gradient is oneDNN's and 3-20x faster than
+# the phrasing as a forward, and converting an NCHW input to channels_last and back costs more than a
+# small kernel's forward; on channels_last input PyTorch's own 5×5 weight gradient is as fast as the
+# phrasing (0.7-1.0x), from k=7 it is not (1.1-2.6x); at stride 2 the weight gradient is a dilated conv,
+# which oneDNN runs slowly in channels_last (3x slower than PyTorch's at k=5-7, 3x faster at k=15).
+# Below these sizes, and for float64/float16 (where oneDNN's channels_last path is the slow one),
+# F.conv2d runs on the input as given.
+_CPU_MIN_K: dict[tuple[int, bool, bool], int] = {
+    (1, False, False): 15,
+    (1, False, True): 15,
+    (1, True, False): 5,
+    (1, True, True): 7,
+    (2, False, False): 15,
+    (2, False, True): 15,
+    (2, True, False): 7,
+    (2, True, True): 15,
+}
 _CPU_FAST_DTYPES = (torch.float32, torch.bfloat16)
+# preferred_layout leaves maps with this few channels in NCHW (a torch 2.14 CPU crash, see there)
+_CPU_NCHW_MAX_CHANNELS = 8
 
 _default_impl = os.environ.get("MODERNCNN_DWCONV_IMPL", "auto")
 
@@ -85,10 +102,10 @@ def _interpreting() -> bool:
 
 
 def _validate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> int:
-    if stride != 1:
+    if stride not in (1, 2):
         raise ValueError(
-            f"depthwise_conv2d supports stride 1 only ('same' output size), got stride={stride}; "
-            "use F.conv2d(..., groups=C) for strided depthwise convolutions"
+            f"depthwise_conv2d supports stride 1 ('same' output size) or 2 (padding k // 2), got stride={stride}; "
+            "use F.conv2d(..., groups=C) for other strides"
         )
     if x.dim() != 4:
         raise ValueError(f"depthwise_conv2d expects x of shape (N, C, H, W), got {tuple(x.shape)}")
@@ -108,6 +125,10 @@ def _validate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     return k
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def _needs_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
@@ -121,7 +142,7 @@ def _auto_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         return "torch"
     if k > _MAX_TRITON_K:
         return "torch"
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    channels_last = _is_channels_last(x)
     train = _needs_backward(x, weight, bias)
     if torch.is_autocast_enabled("cuda"):
         fp32 = torch.get_autocast_dtype("cuda") == torch.float32
@@ -135,12 +156,32 @@ def _auto_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return "triton" if k >= min_k else "torch"
 
 
-def _cpu_onednn_path(x: torch.Tensor, k: int, train: bool) -> bool:
-    """Whether this CPU call goes through oneDNN's channels_last forward (see above)."""
+def _cpu_onednn_path(x: torch.Tensor, k: int, train: bool, stride: int = 1) -> bool:
+    """Whether this CPU call goes through oneDNN's channels_last forward (see ``_CPU_MIN_K``)."""
     return (
         x.dtype in _CPU_FAST_DTYPES and not torch.is_autocast_enabled("cpu")
-        and k >= (_CPU_MIN_K_TRAIN if train else _CPU_MIN_K)
+        and k >= _CPU_MIN_K[(stride, train, _is_channels_last(x))]
     )
+
+
+def preferred_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the memory format the models run fastest in on its device (``forward_stem`` converts the
+    stem's output with it).
+
+    On the CPU (float32/bfloat16 batches) that is channels_last: oneDNN's depthwise convolutions and their
+    gradients are 2-15x faster there than in NCHW (docs/benchmarks-cpu-dwconv.md), the 1×1 and dense convs,
+    BatchNorm and activations keep the layout, and ConvNeXt's NHWC permutes become free; whole models measured
+    faster in both training and inference (docs/benchmarks-cpu-models.md). Maps with at most 8 channels (the
+    image itself: RepVGG has no stem before its first block) stay NCHW: the weight gradient of a channels_last
+    1×1 stride-2 conv with 3-8 input channels corrupts the heap in torch 2.14's CPU build (docs/kernels.md).
+    Elsewhere, and with ``set_default_impl("torch")`` (plain PyTorch everywhere), ``x`` is returned as given.
+    """
+    if (
+        x.device.type == "cpu" and x.dim() == 4 and x.shape[1] > _CPU_NCHW_MAX_CHANNELS
+        and x.dtype in _CPU_FAST_DTYPES and _default_impl != "torch" and not torch.is_autocast_enabled("cpu")
+    ):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def depthwise_conv2d(
@@ -151,11 +192,12 @@ def depthwise_conv2d(
     *,
     stride: int = 1,
 ) -> torch.Tensor:
-    """Depthwise conv, stride 1, 'same' padding: ``x`` (N, C, H, W), ``weight`` (C, 1, k, k), odd k.
+    """Depthwise conv with padding k // 2: ``x`` (N, C, H, W), ``weight`` (C, 1, k, k), odd k, stride 1
+    ('same' output size) or 2.
 
     ``impl`` is "auto" (the module default, :func:`set_default_impl`), "torch" (``F.conv2d``) or
-    "triton" (our kernels; CUDA, float32/bfloat16/float16, k <= 63). Any batch and spatial size works,
-    kernels larger than the image included, in NCHW or channels_last; the output has the input's
+    "triton" (our kernels; CUDA, stride 1, float32/bfloat16/float16, k <= 63). Any batch and spatial size
+    works, kernels larger than the image included, in NCHW or channels_last; the output has the input's
     memory format and dtype, and sums are accumulated in float32. Under autocast the inputs are cast
     to the autocast dtype as ``F.conv2d`` would be.
     """
@@ -167,17 +209,21 @@ def depthwise_conv2d(
     if x.device.type == "meta" or weight.device.type == "meta":
         impl = "torch"
     if impl == "auto":
-        impl = _auto_impl(x, weight, bias, k)
+        impl = _auto_impl(x, weight, bias, k) if stride == 1 else "torch"
         if x.device.type == "cpu":
             train = _needs_backward(x, weight, bias)
-            if _cpu_onednn_path(x, k, train):
+            if _cpu_onednn_path(x, k, train, stride):
                 from ._dwconv_cpu import DepthwiseConv2dCPU, same_dwconv
 
-                return DepthwiseConv2dCPU.apply(x, weight, bias) if train else same_dwconv(x, weight, bias)
+                if train:
+                    return DepthwiseConv2dCPU.apply(x, weight, bias, stride)
+                return same_dwconv(x, weight, bias, stride=stride)
     if impl == "torch":
-        return F.conv2d(x, weight, bias, stride=1, padding=k // 2, groups=x.shape[1])
+        return F.conv2d(x, weight, bias, stride=stride, padding=k // 2, groups=x.shape[1])
 
     # --- Triton path ---
+    if stride != 1:
+        raise ValueError(f"depthwise_conv2d(impl='triton') supports stride 1 only, got stride={stride}")
     if x.device.type != "cuda" and not _interpreting():
         raise RuntimeError(
             f"depthwise_conv2d(impl='triton') needs CUDA tensors, got device {x.device}; use impl='auto' "
@@ -211,4 +257,4 @@ def depthwise_conv2d(
         return DepthwiseConv2dTriton.apply(x, weight, bias)
 
 
-__all__ = ["depthwise_conv2d", "get_default_impl", "set_default_impl"]
+__all__ = ["depthwise_conv2d", "get_default_impl", "preferred_layout", "set_default_impl"]

@@ -3,6 +3,7 @@
 from .classifier import ClassifierHead
 from .conv_bn import ConvBN, ConvBNAct
 from .drop import DropPath, drop_path
+from .dwconv import DepthwiseConv2d, create_conv2d
 from .helpers import drop_path_rates, make_divisible
 from .norm import LayerNorm2d
 from .reparam import (
@@ -18,6 +19,8 @@ __all__ = [
     "ClassifierHead",
     "ConvBN",
     "ConvBNAct",
+    "DepthwiseConv2d",
+    "create_conv2d",
     "DropPath",
     "drop_path",
     "make_divisible",

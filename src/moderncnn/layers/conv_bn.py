@@ -3,11 +3,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .dwconv import create_conv2d
 from .reparam import fold_bn
 
 
 class ConvBN(nn.Module):
     """Conv2d (no bias) followed by BatchNorm2d; keys ``conv.weight`` and ``bn.*``.
+
+    A depthwise conv is a :class:`~moderncnn.layers.DepthwiseConv2d` (:func:`create_conv2d`), so it runs
+    through :mod:`moderncnn.kernels`' dispatch; same keys and numbers as ``nn.Conv2d``.
 
     ``equivalent_kernel_bias()`` gives the single conv it equals in eval mode (used by the Rep blocks);
     whole-model BN folding is :func:`moderncnn.fuse`'s job.
@@ -24,8 +28,7 @@ class ConvBN(nn.Module):
         bn_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        padding = kernel_size // 2 if padding is None else padding
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, groups=groups, bias=False)
+        self.conv = create_conv2d(in_chs, out_chs, kernel_size, stride, padding, groups)
         self.bn = nn.BatchNorm2d(out_chs, eps=bn_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .. import kernels
 from ..errors import ConfigError, InputShapeError
 
 
@@ -95,7 +96,8 @@ class ModelBase(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------------
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stem(x)
+        # channels_last on the CPU from the stem's output on (kernels.preferred_layout; docs/kernels.md)
+        return kernels.preferred_layout(self.stem(x))
 
     def forward_neck(self, x: torch.Tensor) -> torch.Tensor:
         return x

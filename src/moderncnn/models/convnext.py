@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers import ClassifierHead, DropPath, LayerNorm2d, drop_path_rates
+from ..layers import ClassifierHead, DepthwiseConv2d, DropPath, LayerNorm2d, drop_path_rates
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
 
@@ -49,7 +49,7 @@ class ConvNeXtBlock(nn.Module):
     def __init__(self, cfg: ConvNeXtConfig, dim: int, drop_path: float = 0.0) -> None:
         super().__init__()
         self.conv_mlp = cfg.conv_mlp
-        self.conv_dw = nn.Conv2d(dim, dim, cfg.kernel_size, padding=cfg.kernel_size // 2, groups=dim)
+        self.conv_dw = DepthwiseConv2d(dim, cfg.kernel_size, bias=True)
         self.norm = (LayerNorm2d if cfg.conv_mlp else nn.LayerNorm)(dim, eps=cfg.norm_eps)
         self.mlp = Mlp(dim, int(cfg.mlp_ratio * dim), conv=cfg.conv_mlp)
         ls = cfg.layer_scale_init_value

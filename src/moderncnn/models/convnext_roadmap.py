@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..layers import ClassifierHead, DropPath, LayerNorm2d, drop_path_rates
+from ..layers import ClassifierHead, DropPath, LayerNorm2d, create_conv2d, drop_path_rates
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
 
@@ -108,7 +108,7 @@ class RoadmapBlock(nn.Module):
         norms = (True, False, False) if cfg.fewer_norms else (True, True, True)
         acts = (False, True) if cfg.fewer_acts else (True, True)
         for i, (cin, cout, ks, s, g) in enumerate(specs, start=1):
-            setattr(self, f"conv{i}", nn.Conv2d(cin, cout, ks, s, ks // 2, groups=g, bias=bias))
+            setattr(self, f"conv{i}", create_conv2d(cin, cout, ks, s, ks // 2, groups=g, bias=bias))
             setattr(self, f"norm{i}", _norm(cfg, cout) if norms[i - 1] else nn.Identity())
             if i < 3:
                 setattr(self, f"act{i}", _act(cfg) if acts[i - 1] else nn.Identity())

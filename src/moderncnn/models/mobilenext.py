@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -137,7 +138,7 @@ class SandglassBlock(nn.Module):
         else:
             path = 4
         self.path = path
-        relu6 = nn.ReLU6
+        relu6 = partial(nn.ReLU6, inplace=True)  # on the fresh BN output: no extra wide tensor per activation
         self.middle = dw_position == "middle"
         dw_in, dw_out = (hidden, hidden) if self.middle else (inp, oup)
         has_dw1, has_dw2 = path in (1, 4), path != 2
@@ -197,7 +198,7 @@ class MobileNeXt(ModelBase):
         super().__init__(cfg)
         w = cfg.width_mult
         stem = make_divisible(cfg.stem_chs * w, 8)
-        self.stem = ConvBNAct(cfg.in_chans, stem, 3, 2, act_layer=nn.ReLU6)
+        self.stem = ConvBNAct(cfg.in_chans, stem, 3, 2, act_layer=partial(nn.ReLU6, inplace=True))
         dpr = drop_path_rates(cfg.drop_path_rate, sum(n for _, _, n, _ in cfg.arch))
         stages: list[list[SandglassBlock]] = [[]]
         self.feature_info, inp, reduction, idx = [], stem, 2, 0

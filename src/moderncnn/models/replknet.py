@@ -26,9 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import kernels
 from ..errors import ConfigError
-from ..layers import ClassifierHead, ConvBN, ConvBNAct, DropPath, drop_path_rates, pad_kernel_to
+from ..layers import ClassifierHead, ConvBN, ConvBNAct, DepthwiseConv2d, DropPath, drop_path_rates, pad_kernel_to
 from ..layers.reparam import fold_bn, merged_conv
 from ..registry import register_model
 from .base import ModelBase, ModelConfig
@@ -54,7 +53,7 @@ class RepLKNetConfig(ModelConfig):
     deploy: bool = False  # build the merged (inference) form directly
 
 
-class LargeKernelDepthwiseConv(nn.Conv2d):
+class LargeKernelDepthwiseConv(DepthwiseConv2d):
     """Depthwise K×K conv, stride 1, 'same' padding, computed by :func:`moderncnn.kernels.depthwise_conv2d`.
 
     An ``nn.Conv2d`` in every other respect (``weight``, ``bias``, ``kernel_size``), so tools that inspect
@@ -62,13 +61,7 @@ class LargeKernelDepthwiseConv(nn.Conv2d):
     """
 
     def __init__(self, channels: int, kernel_size: int, bias: bool = False, **factory) -> None:
-        super().__init__(
-            channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=bias, **factory
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # looked up at call time, so a replaced or monkeypatched implementation takes effect at once
-        return kernels.depthwise_conv2d(x, self.weight, self.bias)
+        super().__init__(channels, kernel_size, bias=bias, **factory)
 
 
 class LargeKernelConvBN(nn.Module):
