@@ -174,3 +174,26 @@ def test_weights_that_are_not_finite_are_never_the_last_good_checkpoint(tmp_path
         train(tiny_config(tmp_path, checkpoint_interval=1), train_dataset=tr, val_dataset=va, callbacks=[_PoisonAt(3)])
     good = ck.load_checkpoint(tmp_path / "run")
     assert good.state["global_step"] == 2 and not ck.non_finite(good.model)
+
+
+def test_an_unreadable_image_in_a_loader_worker_is_one_line_and_skip_bad_images_lists_it(tmp_path):
+    """Real processes with loader workers (which ignore a group SIGTERM): a worker's decode error ends the run
+    at once with one line naming the file; --skip-bad-images trains and lists the file in the run folder."""
+    _write_images(tmp_path / "images")
+    bad = tmp_path / "images" / "train" / "a" / "3.png"
+    bad.write_bytes(b"not a png")
+    argv = [sys.executable, "-m", "moderncnn", "train", "--model", "convnext_atto", "--model-kwargs",
+            "depths=[1,1]", "dims=[8,16]", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "images"),
+            "--img-size", "16", "--train-crop", "pad", "--mean", "0.5", "--std", "0.5", "-b", "4", "-j", "2",
+            "--epochs", "1", "--no-progress", "--no-plots", "--no-fuse", "--threads", "1"]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    stopped = subprocess.run([*argv, "--output", str(tmp_path / "r1")], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert stopped.returncode == 2 and stopped.stderr.splitlines() == [
+        f"moderncnn train: error: cannot decode image {bad} (UnidentifiedImageError: cannot identify image file "
+        f"'{bad}'); delete or replace the file, or pass --skip-bad-images to skip unreadable files"]
+    skipped = subprocess.run([*argv, "--output", str(tmp_path / "r2"), "--skip-bad-images"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert skipped.returncode == 0, skipped.stderr
+    assert "skipped 1 unreadable image(s) so far" in skipped.stdout
+    assert (tmp_path / "r2" / "bad_images.txt").read_text() == f"{bad}\n"

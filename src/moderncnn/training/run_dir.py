@@ -1,5 +1,5 @@
-"""Who may write into a run folder: the run that created it, or an accepted resume of it, while it holds the
-folder's lock (README, "Preemption-safe training").
+"""Who may write into a run folder (the run that created it, or an accepted resume of it, while it holds the
+folder's lock) and how a run stops safely (README, "Preemption-safe training").
 
 :func:`claim_run_dir` decides the folder and takes it, in an order that writes nothing until every check
 has passed:
@@ -14,16 +14,23 @@ has passed:
 4. only then the lock is taken (``fcntl.flock`` on ``train.lock``, released by the kernel if the process
    dies), what a killed writer left is cleaned (``checkpoint.clean_run_dir``), and with ``--overwrite``
    the old run's files are removed.
+
+:func:`install_stop_handlers` makes SIGTERM (what SLURM, Kubernetes and spot machines send before they kill a
+job) act like Ctrl-C: the loop finishes its step, saves, and prints the resume command.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +231,59 @@ def _remove_run(run_dir: Path) -> None:
     shutil.rmtree(run_dir / ckpt_io.CHECKPOINTS, ignore_errors=True)
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
+
+
+# -- stopping safely ---------------------------------------------------------------------------------------
+def install_stop_handlers(trainer: Any) -> dict[int, Any]:
+    """Ctrl-C and SIGTERM (what SLURM, Kubernetes and spot machines send before they kill a job): finish the
+    step, save, print the resume command; a second one stops at once. Returns the previous handlers."""
+    def handler(signum, frame):
+        if trainer._stop_requested:
+            raise KeyboardInterrupt
+        trainer._stop_requested, trainer._stop_signal = True, signum
+        if trainer.primary:
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\n{name}: finishing this step, saving a checkpoint (again to abort at once)",
+                  file=sys.stderr, flush=True)
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def loader_worker_init() -> Callable[[int], None]:
+    """The DataLoader ``worker_init_fn`` of training loaders: a SIGTERM sent to the whole process group (as
+    SLURM does) must not kill the workers mid-step, since the main process finishes the step, saves, and shuts
+    them down itself. Workers exit on SIGTERM only once this process is exiting (multiprocessing terminates
+    its daemonic children then, and would otherwise wait for them forever)."""
+    global _EXITING
+    if _EXITING is None:
+        import atexit
+        import multiprocessing
+
+        _EXITING = multiprocessing.Event()
+        # registered after multiprocessing's exit handler, so it runs before it (atexit: last in, first out)
+        atexit.register(_EXITING.set)
+    return functools.partial(_worker_sigterm, _EXITING)
+
+
+_EXITING = None
+
+
+def _worker_sigterm(exiting: Any, worker_id: int) -> None:
+    def handler(signum, frame):
+        if exiting.is_set():
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def report_bad_images(run_dir: Path, *datasets: Any) -> None:
+    """Say how many unreadable images ``--skip-bad-images`` skipped so far and list them in the run folder."""
+    from ..data.datasets import bad_images
+
+    bad = sorted({p for ds in datasets for p in bad_images(ds)})
+    if bad:
+        print(f"skipped {len(bad)} unreadable image(s) so far (--skip-bad-images), listed in "
+              f"{run_dir / 'bad_images.txt'}", flush=True)
+        ckpt_io.atomic_write_text(run_dir / "bad_images.txt", "\n".join(bad) + "\n")

@@ -17,7 +17,6 @@ import copy
 import math
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from ..data.datasets import bad_images
 from ..errors import ConfigError, ModernCNNError
 from ..interop.spec import ModelSpec, spec_metadata
 from . import checkpoint as ckpt_io
@@ -36,6 +34,7 @@ from .config import TrainConfig
 from .distributed import DistInfo, EpochSampler, all_gather_object, all_reduce_sum, barrier, cleanup, init_distributed
 from .evaluate import evaluate
 from .metrics import Progress, RunLog, describe_run, summarize_run
+from .run_dir import install_stop_handlers, loader_worker_init, report_bad_images
 
 
 class TrainingDivergedError(ModernCNNError, FloatingPointError):
@@ -175,7 +174,7 @@ class Trainer:
         self.log(describe_run(self))
         if self._resume_rng is not None:
             ckpt_io.set_rng_state(self._resume_rng)
-        previous = _install_stop_handlers(self)
+        previous = install_stop_handlers(self)
         interrupted, train_time, row, self.last_lr = False, 0.0, {}, self.lr
         try:
             while self.epoch < cfg.epochs and not (cfg.max_steps is not None and self.global_step >= cfg.max_steps):
@@ -316,12 +315,8 @@ class Trainer:
         if improved:
             self.best_top1, self.best_epoch = metric, self.epoch - 1
         self.save(("last", "best") if improved else "last")
-        bad = bad_images(self.data.train_set) + bad_images(self.data.val_set)
-        if bad:
-            self.log(f"skipped {len(bad)} unreadable image(s) so far (--skip-bad-images), listed in "
-                     f"{self.run_dir / 'bad_images.txt'}")
-            if self.primary:
-                ckpt_io.atomic_write_text(self.run_dir / "bad_images.txt", "\n".join(bad) + "\n")
+        if self.primary:
+            report_bad_images(self.run_dir, self.data.train_set, self.data.val_set)
         return row
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -352,7 +347,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.cfg.seed + self.epoch)
         return DataLoader(self.data.train_set, batch_sampler=BatchSampler(self.sampler, batch_size, drop_last=True),
                           num_workers=self.cfg.workers, generator=gen, pin_memory=self.device.type == "cuda",
-                          worker_init_fn=_worker_init if self.cfg.workers else None)
+                          worker_init_fn=loader_worker_init() if self.cfg.workers else None)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.amp else contextlib.nullcontext()
@@ -446,29 +441,6 @@ class Trainer:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def _install_stop_handlers(trainer: Trainer) -> dict[int, Any]:
-    """Ctrl-C and SIGTERM (what SLURM, Kubernetes and spot machines send before they kill a job): finish the
-    step, save, print the resume command; a second one stops at once. Returns the previous handlers."""
-    def handler(signum, frame):
-        if trainer._stop_requested:
-            raise KeyboardInterrupt
-        trainer._stop_requested, trainer._stop_signal = True, signum
-        if trainer.primary:
-            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            print(f"\n{name}: finishing this step, saving a checkpoint (again to abort at once)",
-                  file=sys.stderr, flush=True)
-
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
-
-def _worker_init(worker_id: int) -> None:
-    # a SIGTERM sent to the whole process group must not kill the loader workers mid-step: the main process
-    # finishes the step, saves, and shuts them down itself
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def train(config: TrainConfig, *, train_dataset: Dataset | None = None, val_dataset: Dataset | None = None,
           callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
     """Train ``config.model`` as configured (:class:`TrainConfig`). ``train_dataset``/``val_dataset`` replace
