@@ -275,3 +275,14 @@ def test_input_a_model_cannot_take_is_refused_saying_what_to_do(what, kw, traini
         model(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast takes float32 or bfloat16 input as it is
         model.eval()(torch.zeros(2, 3, 32, 32, dtype=torch.bfloat16))
+
+
+def test_batch_1_trains_where_batchnorm_can():
+    """One image whose last feature map is 2×2 gives BatchNorm 4 values per channel: PyTorch trains it,
+    and so must we (only a 1×1 last map is refused, above)."""
+    from moderncnn import create_model
+
+    model = create_model("repvgg_a0", num_blocks=(1, 1, 1, 1)).train()
+    model(torch.randn(1, 3, 64, 64)).sum().backward()
+    first = next(model.parameters())
+    assert first.grad is not None and first.grad.abs().sum() > 0

@@ -74,16 +74,18 @@ class ModelBase(nn.Module):
             hint = (" (images as integers: convert with x.float() / 255, then normalize)" if not x.is_floating_point()
                     else f" (convert with x.to({weight}), or the model with model.to({x.dtype}))")
             raise InputShapeError(f"{self.model_name} has {weight} weights but got {x.dtype} input{hint}")
-        if self.training and x.shape[0] == 1 and self.has_batchnorm():
+        h, w = x.shape[-2:]
+        r = self.min_input_size
+        if min(h, w) < r:
+            raise InputShapeError(
+                f"{self.model_name} downsamples by {r}, so it needs images of at least {r}×{r}; got {h}×{w}"
+            )
+        # BatchNorm cannot train on one value per channel: one image whose last feature map is 1×1
+        if self.training and x.shape[0] == 1 and -(-h // r) * -(-w // r) == 1 and self.has_batchnorm():
             raise InputShapeError(
                 f"{self.model_name} is in training mode and has BatchNorm, which cannot compute batch statistics "
-                "from one image; train with batches of 2 or more, or call model.eval() for inference")
-        h, w = x.shape[-2:]
-        if min(h, w) < self.min_input_size:
-            raise InputShapeError(
-                f"{self.model_name} downsamples by {self.min_input_size}, so it needs images of at least "
-                f"{self.min_input_size}×{self.min_input_size}; got {h}×{w}"
-            )
+                f"from one {h}×{w} image (its last feature map is 1×1); train with batches of 2 or more or larger "
+                "images, or call model.eval() for inference")
 
     def stem_weight_dtype(self) -> torch.dtype:
         p = next(self.parameters(), None)
