@@ -293,8 +293,7 @@ def save_checkpoint(
     token = uuid.uuid4().hex
     meta = {
         "format": "moderncnn-weights",
-        "model": model_name,
-        "model_config": json.dumps(model_config, sort_keys=True),
+        "model": model_name,  # a label; the model description is the spec in ``metadata`` (interop.spec)
         "epoch": str(train_state.get("epoch", 0)),
         "global_step": str(step),
         "token": token,
