@@ -8,8 +8,20 @@ import json
 import pytest
 
 from moderncnn.cli import main
-from moderncnn.experiments import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Arm, Claim, Experiment, RunOptions,
-                                   combine, compare, framework, get_experiment, run_experiment)
+from moderncnn.experiments import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    Arm,
+    Claim,
+    Experiment,
+    RunOptions,
+    combine,
+    compare,
+    framework,
+    get_experiment,
+    run_experiment,
+)
 from moderncnn.experiments.catalog import EXPERIMENTS, QUICK
 
 

@@ -4,6 +4,7 @@ report with a verdict (docs/experiments/README.md). ``moderncnn experiment --lis
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import ConfigError
@@ -56,5 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
         est = estimate_full_seconds(exp, opts.out_dir(exp))
         if est is not None:
-            print(f"estimated full run (from this quick run): {est / 60:.0f} min for {exp.seeds} seed(s)")
+            load = os.getloadavg()[0]
+            print(f"estimated full run (from this quick run, load average {load:.1f} on {os.cpu_count()} CPUs): "
+                  f"{est / 60:.0f} min for {exp.seeds} seed(s)")
     return 0

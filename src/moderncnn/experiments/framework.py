@@ -287,6 +287,8 @@ def machine() -> str:
     desc = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     if torch.cuda.is_available():
         desc += f"; GPU {torch.cuda.get_device_name()}"
+    with contextlib.suppress(OSError):  # other processes' load shows in every time measured here
+        desc += f"; load average {os.getloadavg()[0]:.1f} at the end of the run"
     return desc
 
 
@@ -300,6 +302,8 @@ def run_experiment(exp: Experiment, opts: RunOptions) -> dict[str, Any]:
     t_start = time.perf_counter()
     state = read_json(out / "state.json") or {"wall_s": 0.0}
     seeds = opts.n_seeds(exp)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
 
@@ -414,14 +418,16 @@ def mean(xs: list[float]) -> float | None:
 
 
 def estimate_full_seconds(exp: Experiment, quick_out: Path, full_seeds: int | None = None) -> float | None:
-    """The full run's time, extrapolated from a quick run's unit files: per arm, the quick run's training
-    seconds per image scaled to the full run's images; evaluation counted at a third of that per image (a
-    forward pass); the quick run's remaining time (set-up, evaluation) once per run. A rough guide: it
-    ignores the image-size changes of progressive runs and the timing phase."""
+    """The full run's time, extrapolated from a quick run: per arm, seconds per training image from the
+    timing phase (the median training step after warm-up, ``speed.json``) or, without one, from the quick
+    training itself (which includes the first steps' warm-up, so it overestimates); evaluation at a third
+    of that per image (a forward pass); the quick run's set-up time once per run. A rough guide: it ignores
+    the image-size changes of progressive runs, and scales with the load of the machine at the quick run."""
     from ..data.datasets import load_dataset
 
     total, seeds = 0.0, full_seeds or exp.seeds
     n_train: int | None = None
+    speed = read_json(quick_out / "speed.json") or {}
     for arm in exp.arms:
         q = read_json(quick_out / "arms" / arm.name / "seed0.json")
         if q is None or not q.get("steps"):
@@ -429,8 +435,12 @@ def estimate_full_seconds(exp: Experiment, quick_out: Path, full_seeds: int | No
         full = train_values(exp, arm, RunOptions(), 0)
         if n_train is None:
             n_train = len(load_dataset(full["dataset"], data_dir=full.get("data_dir"), split="train"))
-        per_image = q["train_time_s"] / (q["steps"] * q["batch_size"])
+        step_ms = speed.get(arm.name, {}).get("train_step_ms")
+        per_image = (statistics.median(step_ms) / 1e3 / exp.speed_batch if step_ms
+                     else q["train_time_s"] / (q["steps"] * q["batch_size"]))
         images = full["epochs"] * min(full.get("train_samples") or n_train, n_train)
         evals = full["epochs"] // full.get("eval_interval", 1) * (full.get("val_samples") or 10000)
-        total += seeds * (per_image * (images + evals / 3) + q["wall_s"] - q["train_time_s"])
+        quick_images = q["steps"] * q["batch_size"] + (q.get("val_samples") or 10000) / 3
+        setup = max(0.0, q["wall_s"] - per_image * quick_images)
+        total += seeds * (per_image * (images + evals / 3) + min(setup, 30.0))
     return total
