@@ -8,8 +8,6 @@ where we are not sure of a paper's table, the claim is stated without numbers.
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Any
 
 import torch
@@ -311,8 +309,9 @@ def time_depthwise(arm: Arm, opts: RunOptions) -> dict[str, list[float]]:
     PyTorch's ``F.conv2d`` on the NCHW input), timed side by side with the 3×3 conv, repeated."""
     import torch.nn.functional as F
 
-    from ..deploy.bench import check_device, time_rotating
+    from ..deploy.bench import check_device
     from ..kernels import depthwise_conv2d
+    from .framework import time_side_by_side
 
     dev = check_device(opts.device)
     k = int(arm.params["k"])
@@ -332,25 +331,11 @@ def time_depthwise(arm: Arm, opts: RunOptions) -> dict[str, list[float]]:
     fns = {"ours": ours(k), "torch": theirs(k), "ours3": ours(3), "torch3": theirs(3)}
     repeats, rounds = (2, 2) if opts.quick else (5, 3)
     with torch.inference_mode():
-        # each sample runs a function back to back for >= ~50 ms, so that time slices lost to other processes
-        # average out instead of landing on single sub-millisecond calls
-        reps = {}
-        for key, fn in fns.items():
-            fn()
-            t0 = time.perf_counter()
-            fn()
-            target = 0.005 if opts.quick else 0.05
-            reps[key] = max(1, min(200, math.ceil(target / max(time.perf_counter() - t0, 1e-6))))
-        looped = {key: (lambda fn=fn, r=reps[key]: [fn() for _ in range(r)]) for key, fn in fns.items()}
-        out: dict[str, list[float]] = {"ours_ms": [], "torch_ms": [], "ours_growth_over_macs": [],
-                                       "torch_growth_over_macs": []}
-        for _ in range(repeats):
-            ms = {key: v / reps[key] for key, v in time_rotating(looped, rounds, warmup=0, device=dev).items()}
-            macs_growth = k * k / 9
-            out["ours_ms"].append(ms["ours"])
-            out["torch_ms"].append(ms["torch"])
-            out["ours_growth_over_macs"].append(ms["ours"] / ms["ours3"] / macs_growth)
-            out["torch_growth_over_macs"].append(ms["torch"] / ms["torch3"] / macs_growth)
+        ms = time_side_by_side(fns, repeats, rounds, target_s=0.005 if opts.quick else 0.05, device=dev)
+    growth = k * k / 9  # multiply-adds relative to the 3×3 conv
+    out = {"ours_ms": ms["ours"], "torch_ms": ms["torch"],
+           "ours_growth_over_macs": [a / b / growth for a, b in zip(ms["ours"], ms["ours3"])],
+           "torch_growth_over_macs": [a / b / growth for a, b in zip(ms["torch"], ms["torch3"])]}
     out["macs_M"] = [n * c * h * w * k * k / 1e6]
     return out
 

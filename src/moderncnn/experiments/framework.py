@@ -235,7 +235,7 @@ def measure_speeds(exp: Experiment, num_classes: int, in_chans: int, img_size: i
                    say: Callable[[str], None]) -> dict[str, dict[str, list[float]]]:
     """Milliseconds per training step and per inference batch of every arm, timed side by side: all arms'
     steps in rotating rounds of the benchmark timer, ``timing_repeats`` times (one median per repeat)."""
-    from ..deploy.bench import check_device, make_runner, time_rotating
+    from ..deploy.bench import check_device, make_runner
     from ..deploy.fuse import fuse
 
     dev = check_device(opts.device)
@@ -255,16 +255,37 @@ def measure_speeds(exp: Experiment, num_classes: int, in_chans: int, img_size: i
                                  complexity=False)
             fns[f"{arm.name}|{what}"] = runner.step
     repeats, rounds = (2, 2) if opts.quick else (exp.timing_repeats, exp.timing_rounds)
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(repeats):
-        say(f"timing {len(fns)} steps side by side, repeat {r + 1}/{repeats}")
-        for k, ms in time_rotating(fns, rounds, warmup=1 if r == 0 else 0, calls=2, device=dev).items():
-            samples[k].append(ms)
+    say(f"timing {len(fns)} steps side by side, {repeats} repeats")
+    samples = time_side_by_side(fns, repeats, rounds, target_s=0.005 if opts.quick else 0.05, device=dev)
     out: dict[str, dict[str, list[float]]] = {}
     for key, vals in samples.items():
         arm_name, what = key.split("|")
         out.setdefault(arm_name, {})[f"{what}_ms"] = vals
     return out
+
+
+def time_side_by_side(fns: dict[str, Callable[[], object]], repeats: int, rounds: int, *, target_s: float,
+                      device: torch.device | str = "cpu") -> dict[str, list[float]]:
+    """Milliseconds per call of each function, ``repeats`` samples each (the median of ``rounds`` rotating
+    rounds of the benchmark timer, ``deploy.bench.time_rotating``). Each timed sample runs its function back
+    to back for at least ``target_s`` seconds, so that time slices lost to other processes average out
+    instead of landing on single short calls."""
+    from ..deploy.bench import time_rotating
+
+    reps = {}
+    for key, fn in fns.items():
+        fn()  # warm-up
+        t0 = time.perf_counter()
+        fn()
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        reps[key] = max(1, min(200, math.ceil(target_s / max(time.perf_counter() - t0, 1e-6))))
+    looped = {key: (lambda fn=fn, r=reps[key]: [fn() for _ in range(r)]) for key, fn in fns.items()}
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, ms in time_rotating(looped, rounds, warmup=0, device=device).items():
+            samples[key].append(ms / reps[key])
+    return samples
 
 
 def measure_erf(model: torch.nn.Module, n: int, img_size: int, in_chans: int,

@@ -22,6 +22,13 @@ METRICS = {
     "erf30": ("ERF area @30% (%)", 1.0, "{:.1f}"),
     "erf50": ("ERF area @50% (%)", 1.0, "{:.1f}"),
     "erf99": ("ERF area @99% (%)", 1.0, "{:.1f}"),
+    "full_params_M": ("full-size params (M)", 1.0, "{:.2f}"),
+    "full_gmacs_224": ("full-size GMACs @224", 1.0, "{:.3f}"),
+    "macs_M": ("MMACs", 1.0, "{:.1f}"),
+    "ours_ms": ("ours ms", 1.0, "{:.3g}"),
+    "torch_ms": ("PyTorch ms", 1.0, "{:.3g}"),
+    "ours_growth_over_macs": ("ours: time growth ÷ MAC growth", 1.0, "{:.3g}"),
+    "torch_growth_over_macs": ("PyTorch: time growth ÷ MAC growth", 1.0, "{:.3g}"),
 }
 HIDDEN = ("wall_s",)
 
@@ -67,8 +74,9 @@ def markdown(exp: Experiment, summary: dict[str, Any]) -> str:
         "## Results",
         "",
         "Every cell is the mean; with several samples (seeds, or timing repeats for times) `[min–max] (n)` "
-        "follows: that range is the spread the verdict compares. Times of all arms were measured side by side "
-        "in one phase (rotating rounds of `deploy.bench.time_rotating`).",
+        "follows: that range is the spread the verdict compares."
+        + (" The step and inference times of all arms were measured side by side in one phase (rotating rounds "
+           "of `deploy.bench.time_rotating`, each sample ≥ 50 ms of back-to-back calls)." if exp.speeds else ""),
         "",
     ]
     head = ["arm", "what"] + [METRICS.get(m, (m,))[0] for m in metrics]
@@ -91,11 +99,12 @@ def markdown(exp: Experiment, summary: dict[str, Any]) -> str:
         lines.append(f"| {c['claim']} | {c['metric']} | {ours} | {c['verdict']} |")
     lines += [
         "",
-        "The rule (`moderncnn/experiments/verdict.py`): a claim is *reproduced* when the two arms' ranges over "
-        "seeds (or timing repeats) are separated in the claimed direction, *not reproduced* when they are "
-        "separated the other way, *inconclusive at this scale* when they overlap or an arm has a single seed; "
-        "parameter and GMAC counts are exact and need no spread. One claim not reproduced makes the "
-        "experiment not reproduced; all reproduced make it reproduced.",
+        "The rule (`moderncnn/experiments/verdict.py`): a claim \"a > b\" is *reproduced* when the two arms' "
+        "ranges over seeds (or timing repeats) are separated in the claimed direction, *not reproduced* when "
+        "they are separated the other way, *inconclusive at this scale* when they overlap or an arm has a "
+        "single sample; \"a == b\" is reproduced when the ranges overlap and the means differ by at most the "
+        "claim's tolerance. Parameter and MAC counts are exact and need no spread. One claim not reproduced "
+        "makes the experiment not reproduced; all reproduced make it reproduced.",
         "",
         "## Run",
         "",
