@@ -1,4 +1,4 @@
-"""``moderncnn <command>``: list, info, convert, train, eval, demo, fuse, export, bench, erf, search.
+"""``moderncnn <command>``: list, info, convert, train, eval, demo, fuse, export, bench, erf, search, experiment.
 
 Each command lives beside the code it drives and is imported only when used, so ``moderncnn list``
 stays fast. A command module exposes ``add_parser(subparsers)`` which sets ``func`` on its parser.
@@ -37,6 +37,7 @@ COMMANDS = {
     "bench": "moderncnn.deploy.cli",
     "erf": "moderncnn.analysis.erf_cli",
     "search": "moderncnn.search.cli",
+    "experiment": "moderncnn.experiments.cli",
 }
 
 
