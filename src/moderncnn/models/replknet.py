@@ -54,6 +54,15 @@ class RepLKNetConfig(ModelConfig):
     deploy: bool = False  # build the merged (inference) form directly
 
 
+def large_kernel_dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # looked up at call time, so a replaced or monkeypatched implementation takes effect at once
+    return kernels.depthwise_conv2d(x, weight, bias)
+
+
+# a leaf for torch.fx (torchvision's create_feature_extractor): the dispatch checks shapes and devices
+torch.fx.wrap("large_kernel_dwconv")
+
+
 class LargeKernelDepthwiseConv(nn.Conv2d):
     """Depthwise K×K conv, stride 1, 'same' padding, computed by :func:`moderncnn.kernels.depthwise_conv2d`.
 
@@ -67,8 +76,7 @@ class LargeKernelDepthwiseConv(nn.Conv2d):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # looked up at call time, so a replaced or monkeypatched implementation takes effect at once
-        return kernels.depthwise_conv2d(x, self.weight, self.bias)
+        return large_kernel_dwconv(x, self.weight, self.bias)
 
 
 class LargeKernelConvBN(nn.Module):
@@ -269,13 +277,10 @@ class RepLKNet(ModelBase):
         head_norm = nn.BatchNorm2d(self.num_features)
         self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate, head_norm, norm_before_pool=True)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: tuple[int, ...] | None = None) -> list[torch.Tensor]:
-        feats = super().forward_intermediates(x, indices)
-        if self.feature_norms is None:
-            return feats
-        indices = range(len(self.stages)) if indices is None else indices
-        levels = [i for i in range(len(self.stages)) if i in indices]
-        return [self.feature_norms[i](f) for i, f in zip(levels, feats)]
+    def _intermediate(self, level: int, x: torch.Tensor, norm: bool) -> torch.Tensor:
+        # the official backbone's per-level BN (norm_intermediate_features) is part of the configured
+        # network, so it applies whatever ``norm`` says
+        return x if self.feature_norms is None else self.feature_norms[level](x)
 
 
 def _cfg(large_kernels, channels, small_kernel=5, dw_ratio=1.0) -> RepLKNetConfig:
