@@ -269,6 +269,9 @@ class ModelBase(nn.Module):
             self.num_features = levels[max_index]["num_chs"]
         if prune_head or truncated:
             self.reset_classifier(0)
+            if hasattr(self.head, "norm"):  # the head's norm is sized for the last stage: it goes too (timm)
+                self.head.norm = nn.Identity()
+                self.head.in_features = self.num_features
         return take
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

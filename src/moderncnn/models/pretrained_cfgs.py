@@ -39,7 +39,7 @@ _FAMILY: dict[str, dict[str, Any]] = {
     "mobilenetv2": dict(first_conv="stem.conv", license="apache-2.0", paper_ids="arXiv:1801.04381"),
     "mobilenext": dict(first_conv="stem.conv", interpolation="bilinear", license="apache-2.0",
                        paper_ids="arXiv:2007.02269"),
-    "repvgg": dict(first_conv=("stages.0.0.conv_kxk.conv", "stages.0.0.conv_1x1.conv"),
+    "repvgg": dict(first_conv=("stages.0.0.conv_3x3.conv", "stages.0.0.conv_1x1.conv"),
                    interpolation="bilinear", license="mit", paper_ids="arXiv:2101.03697"),
     "replknet": dict(first_conv="stem.0.conv", license="mit", paper_ids="arXiv:2203.06717"),
 }
