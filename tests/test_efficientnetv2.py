@@ -231,7 +231,7 @@ def test_mbconv_by_hand():
 
 
 def test_residual_only_on_stride1_same_width():
-    model = build_meta("efficientnetv2_s")
+    model = build_meta("efficientnetv2_s", drop_path_rate=0.2)  # the recipe's rate (timm's default is 0)
     flags = [[b.has_residual for b in st] for st in model.stages]
     # stage 0 (24 -> 24, s1) keeps every shortcut; stages 1, 2, 3, 5 open with a stride-2 block; stage 4
     # opens with 128 -> 160 at stride 1: none of those first blocks has a shortcut

@@ -90,7 +90,8 @@ def test_layer_decay_groups(name):
         for p in g["params"]:
             scales[names[id(p)]] = g["lr_scale"]
     assert len(scales) == len(names)
-    stem = [s for n, s in scales.items() if n.startswith("stem") or (model.family == "repvgg" and n.startswith("stages.0."))]
+    stem_prefix = "stages.0." if model.family == "repvgg" else "stem"  # RepVGG's stage 0 is timm's stem
+    stem = [s for n, s in scales.items() if n.startswith(stem_prefix)]
     head = [s for n, s in scales.items() if n.startswith("head")]
     assert stem and max(stem) == min(scales.values()) < 1.0
     assert head and min(head) == 1.0

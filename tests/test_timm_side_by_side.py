@@ -14,8 +14,8 @@ from moderncnn import create_model
 from moderncnn.interop import convert_state_dict, load_weights
 
 timm = pytest.importorskip("timm")
-import timm.data  # noqa: E402
-import timm.optim  # noqa: E402
+timm_data = pytest.importorskip("timm.data")
+timm_optim = pytest.importorskip("timm.optim")
 
 NAMES = ["convnext_atto", "tf_efficientnetv2_b0", "repvgg_a0", "mobilenetv2_050"]
 SIZE = 64
@@ -65,7 +65,7 @@ def test_resolve_model_data_config(name):
     with torch.device("meta"):
         theirs = timm.create_model(name)
     ours = create_model(name)
-    assert timm.data.resolve_model_data_config(ours) == timm.data.resolve_model_data_config(theirs)
+    assert timm_data.resolve_model_data_config(ours) == timm_data.resolve_model_data_config(theirs)
     for key in ("input_size", "test_input_size", "crop_pct", "test_crop_pct", "interpolation", "mean", "std",
                 "crop_mode", "license"):
         assert ours.pretrained_cfg.get(key) == theirs.pretrained_cfg.get(key), key
@@ -132,8 +132,8 @@ def test_create_optimizer_layer_decay(name):
     decay for every parameter (matched through the weight-layout converter)."""
     theirs, ours = timm.create_model(name), create_model(name)
     key_map = _timm_to_ours_keys(theirs, ours)
-    opt_ours = timm.optim.create_optimizer_v2(ours, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.7)
-    opt_theirs = timm.optim.create_optimizer_v2(theirs, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.7)
+    opt_ours = timm_optim.create_optimizer_v2(ours, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.7)
+    opt_theirs = timm_optim.create_optimizer_v2(theirs, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.7)
 
     def per_param(model, opt):
         names = {id(p): n for n, p in model.named_parameters()}

@@ -117,7 +117,8 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
     return total // 2, total - total // 2
 
 
-def pad_same(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> torch.Tensor:
+def pad_same(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...],
+             dilation: tuple[int, ...]) -> torch.Tensor:
     """Pad ``x`` as TF 'same' would before a conv of this kernel/stride/dilation."""
     ph = same_padding(x.shape[-2], kernel[0], stride[0], dilation[0])
     pw = same_padding(x.shape[-1], kernel[1], stride[1], dilation[1])
