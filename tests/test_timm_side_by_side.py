@@ -21,14 +21,6 @@ NAMES = ["convnext_atto", "tf_efficientnetv2_b0", "repvgg_a0", "mobilenetv2_050"
 SIZE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=NAMES)
 def pair(request):
     """(name, timm model, our model with timm's weights), float64, BN calibrated, eval mode."""
