@@ -116,3 +116,23 @@ def test_torch_fx_trace(name):
 
     with pytest.raises(InputShapeError, match="input channels"):
         model(torch.randn(1, 1, 64, 64))
+
+
+@pytest.mark.parametrize("name", IN_TIMM)
+def test_feature_levels_are_timms(name):
+    """The same out_indices mean the same maps: channels and reductions of every level as timm's."""
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):
+        theirs = timm.create_model(name)
+    ours = build_meta(name)
+    assert [(f["num_chs"], f["reduction"]) for f in ours.feature_info] == \
+        [(f["num_chs"], f["reduction"]) for f in theirs.feature_info]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_pretrained_cfg_names_real_modules(name):
+    model = _cfg_only(name)
+    cfg = model.pretrained_cfg
+    first = (cfg["first_conv"],) if isinstance(cfg["first_conv"], str) else cfg["first_conv"]
+    assert all(model.get_submodule(m).in_channels == 3 for m in first)
+    assert model.get_submodule(cfg["classifier"]) is model.get_classifier()
