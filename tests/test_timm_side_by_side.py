@@ -104,7 +104,7 @@ def test_prune_intermediate_layers():
 def test_feature_info(name):
     out_indices = (1, 2, 4) if name != "convnext_atto" else (1, 3)
     theirs = timm.create_model(name, features_only=True, out_indices=out_indices)
-    ours = create_model(name, features_only=True, out_indices=out_indices)
+    ours = create_model(name, features_only=True, out_indices=out_indices).eval()
     for method in ("channels", "reduction"):
         assert getattr(ours.feature_info, method)() == getattr(theirs.feature_info, method)()
         assert getattr(ours.feature_info, method)(idx=0) == getattr(theirs.feature_info, method)(idx=0)
