@@ -89,7 +89,8 @@ def test_forward_backward_shrunken(step):
     assert out.shape == (2, 5) and torch.isfinite(out).all()
     out.square().mean().backward()
     assert all(p.grad is not None for p in model.parameters())
-    feats = model.forward_intermediates(x)
+    final, feats = model.forward_intermediates(x)  # timm's (final, intermediates)
+    assert torch.equal(final, model.forward_features(x))
     assert [f.shape[1] for f in feats] == [i["num_chs"] for i in model.feature_info]
     assert [64 // f.shape[-1] for f in feats] == [i["reduction"] for i in model.feature_info]
 

@@ -71,8 +71,8 @@ def test_s_gmacs_at_train_size():
 
 
 # -- timm parity ----------------------------------------------------------------------------------------
-# (ours, timm model, timm kwargs, input sizes). timm's PyTorch-padded efficientnetv2_* default to BN eps 1e-5;
-# the paper and the official code use 1e-3 everywhere and so do we, so timm is built with bn_eps=1e-3.
+# (ours, timm model, timm kwargs, input sizes). Every name timm has is built on both sides with its own
+# defaults (efficientnetv2_*: BN eps 1e-5, as timm; tf_efficientnetv2_*: 1e-3, the paper's).
 # timm has no efficientnetv2_b*: its tf_efficientnetv2_b* with symmetric padding (pad_type="") is that
 # network. Odd size 67 rather than 65: 65 halves to 33, 17, 9, 5, 3 (all odd, where TF 'same' is symmetric,
 # so both paddings agree); 67 halves to 34, so an asymmetric stride-2 pad is hit mid-network.
@@ -83,14 +83,14 @@ F32, F64 = torch.float32, torch.float64
 PARITY = [
     ("tf_efficientnetv2_b0", "tf_efficientnetv2_b0", {}, F32, (64, 67)),
     ("efficientnetv2_b0", "tf_efficientnetv2_b0", {"pad_type": ""}, F32, (64,)),
-    ("efficientnetv2_s", "efficientnetv2_s", {"bn_eps": 1e-3}, F32, (64,)),
+    ("efficientnetv2_s", "efficientnetv2_s", {}, F32, (64,)),
     ("tf_efficientnetv2_s", "tf_efficientnetv2_s", {}, F32, (64, 67)),
 ]
 _B, _MLXL = ("b1", "b2", "b3"), ("m", "l", "xl")
 PARITY_SLOW = [
     *[(f"tf_efficientnetv2_{s}", f"tf_efficientnetv2_{s}", {}, F64, (32, 35)) for s in _B + _MLXL],
     *[(f"efficientnetv2_{s}", f"tf_efficientnetv2_{s}", {"pad_type": ""}, F64, (32,)) for s in _B],
-    *[(f"efficientnetv2_{s}", f"efficientnetv2_{s}", {"bn_eps": 1e-3}, F64, (32,)) for s in _MLXL],
+    *[(f"efficientnetv2_{s}", f"efficientnetv2_{s}", {}, F64, (32,)) for s in _MLXL],
 ]
 
 
@@ -231,7 +231,7 @@ def test_mbconv_by_hand():
 
 
 def test_residual_only_on_stride1_same_width():
-    model = build_meta("efficientnetv2_s")
+    model = build_meta("efficientnetv2_s", drop_path_rate=0.2)  # the recipe's rate (timm's default is 0)
     flags = [[b.has_residual for b in st] for st in model.stages]
     # stage 0 (24 -> 24, s1) keeps every shortcut; stages 1, 2, 3, 5 open with a stride-2 block; stage 4
     # opens with 128 -> 160 at stride 1: none of those first blocks has a shortcut
@@ -253,7 +253,7 @@ def test_residual_only_on_stride1_same_width():
 
 def test_drop_path_schedule():
     """Block idx of N gets 0.2 * idx / N (official survival 1 - 0.2·idx/N), on residual blocks only."""
-    model = build_meta("efficientnetv2_s")  # default drop_path_rate 0.2
+    model = build_meta("efficientnetv2_s", drop_path_rate=0.2)  # the recipe's rate (timm's default is 0)
     blocks = [b for st in model.stages for b in st]
     n = len(blocks)
     assert n == 40  # 2 + 4 + 4 + 6 + 9 + 15
@@ -270,12 +270,33 @@ def test_drop_path_schedule():
 
 
 def test_dropout_defaults():
-    # §2.4: S 0.2, M 0.3, L 0.4, XL 0.4, B0 0.2, B1 0.2, B2 0.3, B3 0.3 (both paddings)
-    expected = {"s": 0.2, "m": 0.3, "l": 0.4, "xl": 0.4, "b0": 0.2, "b1": 0.2, "b2": 0.3, "b3": 0.3}
+    """Same name, same function: a name timm has takes timm's defaults (no dropout, no drop path; BN eps
+    1e-5 for efficientnetv2_s/m/l/xl, 1e-3 for the tf_ ports) and the recipes set the paper's; our own
+    PyTorch-padded B0-B3 keep the paper's §2.4 defaults (dropout B0 0.2, B1 0.2, B2 0.3, B3 0.3)."""
+    timm = pytest.importorskip("timm")
     for prefix in ("efficientnetv2_", "tf_efficientnetv2_"):
-        for size, p in expected.items():
+        for size in ("s", "m", "l", "xl"):
             cfg = get_entry(prefix + size).cfg
-            assert (cfg.drop_rate, cfg.drop_path_rate, cfg.bn_eps) == (p, 0.2, 1e-3)
+            with torch.device("meta"):
+                theirs = timm.create_model(prefix + size)
+            bn = theirs.bn1
+            assert (cfg.drop_rate, cfg.drop_path_rate, cfg.bn_eps) == (theirs.drop_rate, 0.0, bn.eps)
+            assert not any(type(m).__name__ == "DropPath" for m in theirs.modules())  # timm's default 0
+    assert get_entry("efficientnetv2_s").cfg.bn_eps == 1e-5 and get_entry("tf_efficientnetv2_s").cfg.bn_eps == 1e-3
+    for size, p in {"b0": 0.2, "b1": 0.2, "b2": 0.3, "b3": 0.3}.items():
+        cfg = get_entry("efficientnetv2_" + size).cfg
+        assert (cfg.drop_rate, cfg.drop_path_rate, cfg.bn_eps) == (p, 0.2, 1e-3)
+
+
+def test_recipes_set_the_papers_regularization():
+    """§2.4: S 0.2, M 0.3, L 0.4 dropout and survival 0.8 come from the recipes, not the timm names."""
+    from importlib import resources
+
+    import yaml
+
+    for size, p in {"s": 0.2, "m": 0.3, "l": 0.4}.items():
+        recipe = yaml.safe_load((resources.files("moderncnn") / "recipes" / f"efficientnetv2_{size}.yaml").read_text())
+        assert (recipe["drop"], recipe["drop_path"]) == (p, 0.2)
 
 
 # -- TensorFlow 'same' padding ----------------------------------------------------------------------------
@@ -341,12 +362,14 @@ def test_bn_folding_keeps_tf_padding():
 
 
 def test_feature_info_and_features_only():
-    assert [f["reduction"] for f in build_meta("efficientnetv2_s").feature_info] == [2, 4, 8, 16, 16, 32]
-    assert [f["num_chs"] for f in build_meta("efficientnetv2_s").feature_info] == [24, 48, 64, 128, 160, 256]
+    # timm's levels: one per stride, the stride-1 stages (4 of S; 4 and 6 of M) merged into the next level
+    assert [f["reduction"] for f in build_meta("efficientnetv2_s").feature_info] == [2, 4, 8, 16, 32]
+    assert [f["num_chs"] for f in build_meta("efficientnetv2_s").feature_info] == [24, 48, 64, 160, 256]
     m = build_meta("efficientnetv2_m", features_only=True)
-    assert [f["reduction"] for f in m.feature_info] == [2, 4, 8, 16, 16, 32, 32]
+    assert m.feature_info.reduction() == [2, 4, 8, 16, 32] and m.feature_info.channels() == [24, 48, 80, 176, 512]
+    assert m.feature_info.module_name() == ["stages.0", "stages.1", "stages.2", "stages.4", "stages.6"]
     assert isinstance(m.conv_head, nn.Identity) and isinstance(m.head, nn.Identity)  # the 1×1 head conv too
-    model = create_model("tf_efficientnetv2_b0", features_only=True, out_indices=(1, 5)).eval()
+    model = create_model("tf_efficientnetv2_b0", features_only=True, out_indices=(1, 4)).eval()
     with torch.no_grad():
         feats = model(torch.randn(1, 3, 64, 64))
     assert [tuple(f.shape) for f in feats] == [(1, 32, 16, 16), (1, 192, 2, 2)]

@@ -8,6 +8,15 @@ from torch import nn
 from .. import kernels
 
 
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+    # looked up at call time, so a replaced or monkeypatched implementation takes effect at once
+    return kernels.depthwise_conv2d(x, weight, bias, stride=stride)
+
+
+# a leaf for torch.fx (torchvision's create_feature_extractor): the dispatch looks at shapes and devices
+torch.fx.wrap("depthwise_conv")
+
+
 class DepthwiseConv2d(nn.Conv2d):
     """Depthwise k×k conv (odd k, stride 1 or 2, padding k // 2) run by :func:`moderncnn.kernels.depthwise_conv2d`.
 
@@ -23,8 +32,7 @@ class DepthwiseConv2d(nn.Conv2d):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # looked up at call time, so a replaced or monkeypatched implementation takes effect at once
-        return kernels.depthwise_conv2d(x, self.weight, self.bias, stride=self.stride[0])
+        return depthwise_conv(x, self.weight, self.bias, self.stride[0])
 
 
 def create_conv2d(

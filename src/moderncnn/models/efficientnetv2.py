@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..layers import ClassifierHead, ConvBNAct, DropPath, SqueezeExcite, make_divisible
 from ..registry import register_model
-from .base import ModelBase, ModelConfig
+from .base import ModelBase, ModelConfig, levels_at_stage_ends
 
 
 class Stage(NamedTuple):
@@ -48,10 +48,12 @@ class EfficientNetV2Config(ModelConfig):
     head_chs: int = 1280  # the 1×1 conv before pooling, scaled by width like every other width
     width_mult: float = 1.0
     depth_mult: float = 1.0
-    bn_eps: float = 1e-3  # official hparams.py; also for the PyTorch-padded variants (timm uses 1e-5)
+    bn_eps: float = 1e-3  # official hparams.py (timm's efficientnetv2_s/m/l/xl names use 1e-5)
     padding: Literal["same", "pytorch"] = "pytorch"
+    # paper's defaults (§2.4, official survival_prob 0.8); names timm has use timm's 0/0 instead and the
+    # recipes set the paper's values (docs/architectures.md, "Names shared with timm")
     drop_rate: float = 0.2
-    drop_path_rate: float = 0.2  # official survival_prob 0.8
+    drop_path_rate: float = 0.2
     # ablation switch (§3.2, the table on Fused-MBConv placement): the first ``fused_stages`` stages use
     # Fused-MBConv, the rest MBConv, each keeping its row's expansion, kernel and SE. None: the variant's
     # table (Fused-MBConv in the first three stages); 0: MBConv everywhere; len(stages): Fused everywhere
@@ -115,6 +117,19 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
     return total // 2, total - total // 2
 
 
+def pad_same(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...],
+             dilation: tuple[int, ...]) -> torch.Tensor:
+    """Pad ``x`` as TF 'same' would before a conv of this kernel/stride/dilation."""
+    ph = same_padding(x.shape[-2], kernel[0], stride[0], dilation[0])
+    pw = same_padding(x.shape[-1], kernel[1], stride[1], dilation[1])
+    return F.pad(x, [pw[0], pw[1], ph[0], ph[1]])
+
+
+# a leaf for torch.fx (torchvision's create_feature_extractor): the padding depends on the input's size,
+# which symbolic tracing does not know
+torch.fx.wrap("pad_same")
+
+
 class Conv2dSame(nn.Conv2d):
     """``nn.Conv2d`` with TensorFlow 'same' padding computed from each input's size.
 
@@ -127,10 +142,7 @@ class Conv2dSame(nn.Conv2d):
         super().__init__(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ph = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
-        pw = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
-        x = F.pad(x, [pw[0], pw[1], ph[0], ph[1]])
-        return self._conv_forward(x, self.weight, self.bias)
+        return self._conv_forward(pad_same(x, self.kernel_size, self.stride, self.dilation), self.weight, self.bias)
 
 
 def conv_bn(
@@ -246,6 +258,8 @@ class EfficientNetV2(ModelBase):
             stages.append(nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
+        # timm's levels: one per stride (a stride-1 stage joins the level of the stage after it)
+        self.feature_info = levels_at_stage_ends(self.feature_info)
         self.num_features = cfg.round_filters(cfg.head_chs)
         self.conv_head = conv_bn(cfg, in_chs, self.num_features, 1)
         self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate)
@@ -338,9 +352,14 @@ _TIMM_PYTORCH_TRAIN_SIZE = {"s": 288, "m": 320}
 
 for _size, (_stages, _stem, _w, _d, _drop, _train, _eval) in _VARIANTS.items():
     for _padding, _prefix in (("pytorch", "efficientnetv2_"), ("same", "tf_efficientnetv2_")):
-        _cfg = EfficientNetV2Config(stages=_stages, stem_chs=_stem, width_mult=_w, depth_mult=_d,
-                                    drop_rate=_drop, padding=_padding)
         _in_timm = _padding == "same" or _size in ("s", "m", "l", "xl")  # timm lacks efficientnetv2_b*
+        # same name, same function: a timm name gets timm's defaults (BN eps 1e-5 for its PyTorch-padded
+        # models, 1e-3 for the tf_ ports; no dropout, no drop path); our own B0-B3 keep the paper's
+        _defaults = dict(drop_rate=0.0, drop_path_rate=0.0) if _in_timm else dict(drop_rate=_drop)
+        if _in_timm and _padding == "pytorch":
+            _defaults["bn_eps"] = 1e-5
+        _cfg = EfficientNetV2Config(stages=_stages, stem_chs=_stem, width_mult=_w, depth_mult=_d,
+                                    padding=_padding, **_defaults)
         _input = _TIMM_PYTORCH_TRAIN_SIZE.get(_size, _train) if _padding == "pytorch" else _train
         register_model(_prefix + _size, EfficientNetV2, _cfg,
                        input_size=_input, test_input_size=_eval, in_timm=_in_timm)

@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..layers import ClassifierHead, ConvBN, ConvBNAct, DropPath, drop_path_rates, make_divisible, pad_kernel_to
 from ..layers.reparam import fold_bn, merged_conv
 from ..registry import register_model
-from .base import ModelBase, ModelConfig
+from .base import ModelBase, ModelConfig, levels_at_stage_ends
 from .efficientnetv2 import EfficientNetV2
 
 # paper Table 2 (after the stem); t is the expansion ratio
@@ -48,7 +48,8 @@ class MobileNetV2Config(ModelConfig):
     arch: tuple[tuple[int, int, int, int], ...] = MOBILENETV2_ARCH  # rows of (t, c, n, s)
     stem_chs: int = 32
     head_chs: int = 1280  # widened with width_mult > 1, never narrowed (timm and the paper)
-    drop_rate: float = 0.2
+    # timm's default (same name, same function); the paper's classifier dropout is set by a recipe
+    drop_rate: float = 0.0
     # ablation switches
     shortcut: bool = True  # the inverted residual's identity shortcut (§3.3)
     # depthwise kernel per row of ``arch``; RepLKNet (Table 3) enlarges one stage's 3×3 to 7×7 or 13×13
@@ -155,7 +156,8 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(ModelBase):
     """Stem (3×3 s2 conv-BN-ReLU6) -> seven stages of inverted residuals -> 1×1 conv-BN-ReLU6 -> pool, FC.
 
-    Feature levels are the seven stages (as EfficientNetV2's), reductions 2, 4, 8, 16, 16, 32, 32.
+    Feature levels are timm's: one per stride (2, 4, 8, 16, 32), each the output of the last stage at
+    that stride.
     """
 
     family = "mobilenetv2"
@@ -179,6 +181,7 @@ class MobileNetV2(ModelBase):
             stages.append(nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=oup, reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
+        self.feature_info = levels_at_stage_ends(self.feature_info)  # one level per stride, as timm's
         self.num_features = max(cfg.head_chs, make_divisible(cfg.head_chs * w, 8))
         self.conv_head = ConvBNAct(inp, self.num_features, 1, act_layer=nn.ReLU6)
         self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate)

@@ -87,6 +87,8 @@ def identity_channels(channels: int, ratio: float) -> int:
 def _may_write_in_place(x: torch.Tensor, y: torch.Tensor) -> bool:
     """True when ``y`` may be changed in place: plain eager inference (no autograd graph, no tracing,
     export or compile) and ``y`` a tensor of its own."""
+    if isinstance(y, torch.fx.Proxy):  # torch.fx symbolic tracing (create_feature_extractor)
+        return False
     if y.requires_grad or x.requires_grad or y is x:
         return False
     return not (
@@ -180,7 +182,7 @@ class SandglassBlock(nn.Module):
             # rewrite all C channels and so cost more than the full shortcut.
             y[:, :k] += x[:, :k]
             return y
-        if k == y.shape[1]:
+        if k == self.pw_expand.conv.out_channels:  # a Python int, so torch.fx can trace this branch
             return y + x
         # pure form for autograd and export/compile: no in-place writes into a tensor of the graph
         return torch.cat([y[:, :k] + x[:, :k], y[:, k:]], dim=1)

@@ -262,13 +262,10 @@ class RepLKNet(ModelBase):
         head_norm = nn.BatchNorm2d(self.num_features)
         self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate, head_norm, norm_before_pool=True)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: tuple[int, ...] | None = None) -> list[torch.Tensor]:
-        feats = super().forward_intermediates(x, indices)
-        if self.feature_norms is None:
-            return feats
-        indices = range(len(self.stages)) if indices is None else indices
-        levels = [i for i in range(len(self.stages)) if i in indices]
-        return [self.feature_norms[i](f) for i, f in zip(levels, feats)]
+    def _intermediate(self, level: int, x: torch.Tensor, norm: bool) -> torch.Tensor:
+        # the official backbone's per-level BN (norm_intermediate_features) is part of the configured
+        # network, so it applies whatever ``norm`` says
+        return x if self.feature_norms is None else self.feature_norms[level](x)
 
 
 def _cfg(large_kernels, channels, small_kernel=5, dw_ratio=1.0) -> RepLKNetConfig:

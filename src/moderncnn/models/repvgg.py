@@ -225,6 +225,11 @@ class RepVGG(ModelBase):
         # PyTorch's default initialization, as the official code uses
         self.head = ClassifierHead(widths[-1], cfg.num_classes, cfg.drop_rate)
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        # timm's grouping of the same network: the paper's stage 0 (one block) is timm's stem; the other
+        # stages are timm's stages, block by block (its final_conv has no parameters here)
+        return dict(stem=r"^stages\.0\.", blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)")
+
 
 # official `optional_groupwise_layers`: every other layer of stages 1-3 in the 28-layer B models
 _B_GROUPED = tuple(range(2, 27, 2))
