@@ -13,6 +13,15 @@ from ..errors import ConfigError, InputShapeError
 from .pretrained_cfgs import pretrained_cfg_for
 
 
+def preferred_layout(x: torch.Tensor) -> torch.Tensor:
+    # looked up at call time (set_default_impl switches it off); an fx leaf (torch.fx.wrap below), since the
+    # choice looks at the tensor's device, dtype and channels
+    return kernels.preferred_layout(x)
+
+
+torch.fx.wrap("preferred_layout")
+
+
 def _is_tracing(x: torch.Tensor) -> bool:
     """Symbolic tracing (torch.fx, torchvision's ``create_feature_extractor``), TorchScript tracing or
     torch.compile: shapes are not concrete, so input checks step aside."""
@@ -206,7 +215,7 @@ class ModelBase(nn.Module):
     # -- forward -----------------------------------------------------------------------------------
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         # channels_last on the CPU from the stem's output on (kernels.preferred_layout; docs/kernels.md)
-        return kernels.preferred_layout(self.stem(x))
+        return preferred_layout(self.stem(x))
 
     def forward_neck(self, x: torch.Tensor) -> torch.Tensor:
         return x
