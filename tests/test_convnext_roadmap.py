@@ -10,7 +10,7 @@ from moderncnn import list_models
 from moderncnn.analysis.complexity import build_meta, count_gmacs, count_params
 from moderncnn.cli import main as cli_main
 from moderncnn.errors import ConfigError
-from moderncnn.models.convnext import _VARIANTS, ConvNeXt
+from moderncnn.models.convnext import VARIANTS, ConvNeXt
 from moderncnn.models.convnext_roadmap import ROADMAP, ConvNeXtRoadmap, ConvNeXtRoadmapConfig
 
 # architectures.md §5.4 [count]: params (M, 2 decimals) and GMACs @224 (3 decimals)
@@ -56,7 +56,7 @@ def test_step12_with_layer_scale_is_convnext_tiny_count():
 def test_step12_computes_convnext():
     """Step 12 is ConvNeXt: the same weights (a shrunken T) give the same logits."""
     small = dict(depths=(1, 1, 2, 1), dims=(16, 32, 64, 128), num_classes=10)
-    ref = ConvNeXt(replace(_VARIANTS["convnext_tiny"], **small)).eval()
+    ref = ConvNeXt(replace(VARIANTS["convnext_tiny"], **small)).eval()
     ours = ConvNeXtRoadmap(replace(ROADMAP["12_convnext"], stem_width=16, **small)).eval()
     g = torch.Generator().manual_seed(0)
     src, dst = list(ref.parameters()), list(ours.parameters())

@@ -88,7 +88,7 @@ def build_official(config: dict[str, Any], **kwargs: Any) -> nn.Module:
     layer_scale_init_value, head_init_scale. A config with a registered variant's depths and dims
     builds that variant (so ``model_name`` is e.g. ``convnext_tiny``).
     """
-    from ..models.convnext import _VARIANTS, ConvNeXt, ConvNeXtConfig
+    from ..models.convnext import VARIANTS, ConvNeXt, ConvNeXtConfig
     from ..registry import build_model
 
     known = {
@@ -102,7 +102,7 @@ def build_official(config: dict[str, Any], **kwargs: Any) -> nn.Module:
     dims = tuple(opts.pop("dims", (96, 192, 384, 768)))
     opts.setdefault("num_classes", 1000)
     opts.setdefault("in_chans", 3)
-    for name, cfg in _VARIANTS.items():
+    for name, cfg in VARIANTS.items():
         if cfg.depths == depths and cfg.dims == dims and not cfg.conv_mlp:
             return build_model(name, **opts)
     model = ConvNeXt(ConvNeXtConfig(depths=depths, dims=dims, **opts))

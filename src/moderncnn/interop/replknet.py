@@ -94,7 +94,7 @@ def build_official(config: dict[str, Any], deploy: bool = False, **kwargs: Any) 
     a features-only backbone. ``kwargs`` may repeat official arguments (they override ``config``); the
     rest are our config fields (``drop_rate``...).
     """
-    from ..models.replknet import _VARIANTS, RepLKNet, RepLKNetConfig
+    from ..models.replknet import VARIANTS, RepLKNet, RepLKNetConfig
 
     # official argument names may come as kwargs too (``small_kernel_merged=True``); they override config
     opts = dict(config, **{k: kwargs.pop(k) for k in list(kwargs) if k in _KNOWN})
@@ -127,7 +127,7 @@ def build_official(config: dict[str, Any], deploy: bool = False, **kwargs: Any) 
     model = RepLKNet(cfg)
     model.model_name = next(
         (
-            name for name, (v, _) in _VARIANTS.items()
+            name for name, (v, _) in VARIANTS.items()
             if (v.large_kernel_sizes, v.layers, v.channels, v.small_kernel, v.dw_ratio)
             == (cfg.large_kernel_sizes, cfg.layers, cfg.channels, cfg.small_kernel, cfg.dw_ratio)
         ),

@@ -129,7 +129,7 @@ def _cfg(depths, dims, **kw) -> ConvNeXtConfig:
 
 
 # name: depths, dims                          (paper Table 9; atto..nano are timm's small widths)
-_VARIANTS = {
+VARIANTS = {
     "convnext_atto": _cfg((2, 2, 6, 2), (40, 80, 160, 320), conv_mlp=True),
     "convnext_femto": _cfg((2, 2, 6, 2), (48, 96, 192, 384), conv_mlp=True),
     "convnext_pico": _cfg((2, 2, 6, 2), (64, 128, 256, 512), conv_mlp=True),
@@ -140,5 +140,5 @@ _VARIANTS = {
     "convnext_large": _cfg((3, 3, 27, 3), (192, 384, 768, 1536)),
     "convnext_xlarge": _cfg((3, 3, 27, 3), (256, 512, 1024, 2048)),
 }
-for _name, _c in _VARIANTS.items():
+for _name, _c in VARIANTS.items():
     register_model(_name, ConvNeXt, _c, in_timm=True)

@@ -276,7 +276,7 @@ def _cfg(large_kernels, channels, small_kernel=5, dw_ratio=1.0) -> RepLKNetConfi
 
 
 # name: large kernels per stage, channels, small kernel, dw_ratio        (official create_RepLKNet*)
-_VARIANTS = {
+VARIANTS = {
     "replknet_31b": (_cfg((31, 29, 27, 13), (128, 256, 512, 1024)), 224),
     "replknet_31l": (_cfg((31, 29, 27, 13), (192, 384, 768, 1536)), 384),
     "replknet_xl": (_cfg((27, 27, 27, 13), (256, 512, 1024, 2048), small_kernel=None, dw_ratio=1.5), 320),
@@ -294,6 +294,6 @@ KERNEL_SIZE_STUDY = (
 )
 for _k in KERNEL_SIZE_STUDY:
     _c = _cfg(_k, (128, 256, 512, 1024), small_kernel=5 if min(_k) > 5 else None)
-    _VARIANTS["replknet_31b_k" + "_".join(map(str, _k))] = (_c, 224)
-for _name, (_c, _size) in _VARIANTS.items():
+    VARIANTS["replknet_31b_k" + "_".join(map(str, _k))] = (_c, 224)
+for _name, (_c, _size) in VARIANTS.items():
     register_model(_name, RepLKNet, _c, input_size=_size)
