@@ -125,7 +125,7 @@ def test_interrupted_run_resumes_without_rerunning_finished_arms(tmp_path, monke
     done = sorted(p.relative_to(tmp_path / "run").as_posix() for p in (tmp_path / "run").rglob("seed*.json"))
     assert done == ["arms/one/seed0.json", "arms/one/seed1.json", "arms/three/seed0.json"]
     before = {p: (tmp_path / "run" / p).read_text() for p in done}
-    assert not list((tmp_path / "run").rglob("*.tmp"))  # written atomically
+    assert not list((tmp_path / "run").rglob("*.tmp*"))  # written atomically (no temp file left)
 
     calls.clear()
     opts.on_unit = None

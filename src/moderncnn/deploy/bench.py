@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..validation import check_device
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -46,19 +47,6 @@ class BenchResult:
     params_m: float
     gmacs: float
     vs_timm: float | None = None  # our img/s ÷ timm's img/s (on our rows)
-
-
-def check_device(device: str) -> torch.device:
-    """The torch device for ``device``, or a clear error if this machine does not have it."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"--device {device}: no CUDA device is available on this machine (torch {torch.__version__}, "
-            f"torch.cuda.is_available() is False); use --device cpu or run on a GPU machine"
-        )
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {device}: only cpu and cuda are supported")
-    return dev
 
 
 def import_timm():
@@ -332,7 +320,7 @@ def _onnx_runner(model: nn.Module, x: torch.Tensor, folder: Path) -> Callable[[]
         import onnxruntime as ort
     except ImportError as exc:
         raise ConfigError("--runtime onnxruntime needs onnxruntime: pip install 'moderncnn[export]'") from exc
-    from .export import _write
+    from .export import _write, output_errors
 
     path = folder / "model.onnx"
     _write(model, "onnx", path, x if x.shape[0] >= 2 else x.expand(2, *x.shape[1:]).clone(), [])
@@ -343,7 +331,7 @@ def _onnx_runner(model: nn.Module, x: torch.Tensor, folder: Path) -> Callable[[]
     feed = {session.get_inputs()[0].name: x.numpy()}
     with torch.inference_mode():
         ref = model(x)
-    err = ((torch.from_numpy(session.run(None, feed)[0]) - ref).abs().max() / ref.abs().max()).item()
+    err = output_errors(torch.from_numpy(session.run(None, feed)[0]), ref)[1]
     if not err <= 1e-4:  # timing a file that computes something else would be meaningless
         raise ConfigError(f"the ONNX export of {getattr(model, 'model_name', 'the model')} differs from PyTorch "
                           f"by {err:.2e} (relative); not timing it")

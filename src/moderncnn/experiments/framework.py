@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..training.checkpoint import atomic_write_text
 from .verdict import INCONCLUSIVE, combine, compare
 
 # metrics measured once per arm and exactly (no spread needed for a verdict)
@@ -125,20 +126,8 @@ class RunOptions:
 
 # -- atomic unit files -------------------------------------------------------------------------------------
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` whole or not at all (a temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``path`` whole or not at all (the trainer's atomic write: temp file, fsync, rename)."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
