@@ -85,8 +85,8 @@ def _mobilenetv2_small(stride2: int = 2) -> dict[str, Any]:
 
 _MOBILE_SETUP = ("Widths ×0.5 and one block per row of the paper's table (the blocks' order, strides, expansion "
                  "and channels as the paper), Fashion-MNIST upscaled to 64 px (the last maps are 2×2), the "
-                 "fashion-mnist recipe (SGD, cosine) for 2 epochs on 20,000 training images, 2,000 test images.")
-_MOBILE_TRAIN = {"img_size": 64, "epochs": 2, "train_samples": 20000, "val_samples": 2000}
+                 "fashion-mnist recipe (SGD, cosine) for 2 epochs on 10,000 training images, 2,000 test images.")
+_MOBILE_TRAIN = {"img_size": 64, "epochs": 2, "train_samples": 10000, "val_samples": 2000}
 
 MOBILENEXT_BLOCK = Experiment(
     name="mobilenext-block",
@@ -97,7 +97,7 @@ MOBILENEXT_BLOCK = Experiment(
           "last depthwise conv) beats MobileNetV2's inverted residual at the same budget (74.02 vs 72.3 top-1 "
           "at width 1.0); depthwise convs at the ends beat depthwise convs in the narrow middle; the second "
           "depthwise conv helps; an activation after the last depthwise conv hurts.",
-    setup=_MOBILE_SETUP,
+    setup=_MOBILE_SETUP + " 2 seeds.",
     arms=(
         Arm("mobilenetv2", "mobilenetv2_100", _mobilenetv2_small(), paper=72.3, label="inverted residual"),
         Arm("sandglass", "mobilenext_100", _mobilenext_small(), paper=74.02, label="sandglass (MobileNeXt)"),
@@ -117,6 +117,7 @@ MOBILENEXT_BLOCK = Experiment(
     train=_MOBILE_TRAIN,
     quick={**QUICK, "img_size": 32},
     speeds=("train_step", "infer"),
+    seeds=2,
     paper_metric="ImageNet top-1 (width 1.0)",
 )
 
@@ -176,7 +177,7 @@ EFFNETV2_FUSED = Experiment(
     speeds=("train_step",),
 )
 
-_PROG = {"img_size": 64, "epochs": 4, "train_samples": 15000, "val_samples": 2000, "lr_base": 0.1,
+_PROG = {"img_size": 64, "epochs": 4, "train_samples": 10000, "val_samples": 2000, "lr_base": 0.1,
          "aa": "rand-m6-n2"}
 PROGRESSIVE = Experiment(
     name="progressive",
@@ -187,7 +188,7 @@ PROGRESSIVE = Experiment(
           "progressive resizing with regularization that grows with the image size (adaptive: RandAugment, "
           "mixup, dropout) is more accurate than progressive resizing with fixed regularization, and at least "
           "as accurate as training at the final size throughout.",
-    setup=_EFFNET_SETUP.replace("20,000", "15,000").replace("2 epochs", "4 epochs")
+    setup=_EFFNET_SETUP.replace("20,000", "10,000").replace("2 epochs", "4 epochs")
     + " Four progressive stages (one per epoch), image "
           "size 32 → 64 px. Fixed regularization: RandAugment magnitude 6, dropout 0.2, mixup 0.1 throughout; "
           "adaptive: magnitude 2 → 10, dropout 0.1 → 0.3, mixup 0 → 0.2 (the paper's ranges scaled to this "
@@ -243,7 +244,7 @@ REPLKNET_KERNELS = Experiment(
           "parallel 5×5 re-parameterized into it helps.",
     setup="RepLKNet-31B's block design at widths 16-32-64-128 and depths 1-1-2-1 (one RepLK block + ConvFFN "
           "pair per layer), no drop path, Fashion-MNIST upscaled to 64 px (stage maps 16, 8, 4, 2 px: kernels "
-          "beyond a map's size only see zero padding), AdamW lr 2e-3, weight decay 0.05, 2 epochs on 8,000 "
+          "beyond a map's size only see zero padding), AdamW lr 2e-3, weight decay 0.05, 2 epochs on 6,000 "
           "training images, 2,000 test images. ERF ratios of each trained network on 32 test images at 64 px; "
           "times at batch 32.",
     arms=tuple(_replk(k) for k in ((3, 3, 3, 3), (7, 7, 7, 7), (13, 13, 13, 13), (25, 25, 25, 13),
@@ -253,7 +254,7 @@ REPLKNET_KERNELS = Experiment(
         Claim("larger kernels, larger ERF (20% area)", "erf20", "31-29-27-13", ">", "3-3-3-3"),
         Claim("the parallel small kernel helps", "top1", "31-29-27-13", ">", "31-29-27-13-nosmall"),
     ),
-    train={**ADAMW, "img_size": 64, "epochs": 2, "train_samples": 8000, "val_samples": 2000},
+    train={**ADAMW, "img_size": 64, "epochs": 2, "train_samples": 6000, "val_samples": 2000},
     quick={**QUICK, "img_size": 32},
     speeds=("train_step", "infer"),
     infer_batch=32,
@@ -279,8 +280,8 @@ MBV2_LARGE_KERNEL = Experiment(
           "stage's depthwise 3×3 to 13×13 improves accuracy.",
     setup="MobileNetV2 at width ×0.5 with one block per row of its table and the second row's stride "
           "removed, Fashion-MNIST upscaled to 64 px, so the last stage runs on 4×4 maps (the paper's 7×7 at "
-          "224 px), the fashion-mnist recipe (SGD, cosine) for 2 epochs on 10,000 training images, 2,000 test "
-          "images.",
+          "224 px), the fashion-mnist recipe (SGD, cosine) for 2 epochs on 5,000 training images, 2,000 test "
+          "images, 2 seeds.",
     arms=(
         _mbv2("3x3", _K3, "depthwise 3×3 (MobileNetV2)"),
         _mbv2("13x13", _K13, "every depthwise 13×13"),
@@ -294,8 +295,9 @@ MBV2_LARGE_KERNEL = Experiment(
         Claim("a parallel small kernel improves 13×13", "top1", "13x13+3x3-reparam", ">", "13x13"),
         Claim("13×13 on the small last-stage maps beats 3×3", "top1", "last-stage-13x13", ">", "3x3"),
     ),
-    train={**_MOBILE_TRAIN, "train_samples": 10000},
+    train={**_MOBILE_TRAIN, "train_samples": 5000},
     quick={**QUICK, "img_size": 32},
+    seeds=2,
     speeds=("train_step",),
 )
 

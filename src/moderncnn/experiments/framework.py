@@ -432,7 +432,9 @@ def estimate_full_seconds(exp: Experiment, quick_out: Path, full_seeds: int | No
     timing phase (the median training step after warm-up, ``speed.json``) or, without one, from the quick
     training itself (which includes the first steps' warm-up, so it overestimates); evaluation at a third
     of that per image (a forward pass); the quick run's set-up time once per run. A rough guide: it ignores
-    the image-size changes of progressive runs, and scales with the load of the machine at the quick run."""
+    the image-size changes of progressive runs (it counts the final size throughout), scales the quick run's
+    per-image cost by the pixel count when the full run trains on larger images, and scales with the load of
+    the machine at the quick run."""
     from ..data.datasets import load_dataset
 
     total, seeds = 0.0, full_seeds or exp.seeds
@@ -448,9 +450,13 @@ def estimate_full_seconds(exp: Experiment, quick_out: Path, full_seeds: int | No
         step_ms = speed.get(arm.name, {}).get("train_step_ms")
         per_image = (statistics.median(step_ms) / 1e3 / exp.speed_batch if step_ms
                      else q["train_time_s"] / (q["steps"] * q["batch_size"]))
-        images = full["epochs"] * min(full.get("train_samples") or n_train, n_train)
-        evals = full["epochs"] // full.get("eval_interval", 1) * (full.get("val_samples") or 10000)
         quick_images = q["steps"] * q["batch_size"] + (q.get("val_samples") or 10000) / 3
         setup = max(0.0, q["wall_s"] - per_image * quick_images)
+        quick_px = train_values(exp, arm, RunOptions(quick=True), 0).get("img_size")
+        full_px = full.get("img_size")
+        if quick_px and full_px:  # a conv network's work grows with the pixel count
+            per_image *= (full_px / quick_px) ** 2
+        images = full["epochs"] * min(full.get("train_samples") or n_train, n_train)
+        evals = full["epochs"] // full.get("eval_interval", 1) * (full.get("val_samples") or 10000)
         total += seeds * (per_image * (images + evals / 3) + min(setup, 30.0))
     return total
