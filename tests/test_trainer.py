@@ -225,8 +225,9 @@ def test_progressive_stages_change_size_dropout_and_batch(tmp_path):
 def test_lr_base_is_scaled_by_the_global_batch(tmp_path):
     tr, va = data()
     rec = Record()
-    cfg = tiny_config(tmp_path, lr=None, lr_base=0.1, lr_base_size=256, grad_accum_steps=2, batch_size=4,
-                      sched="constant", max_steps=2, epochs=1)
+    # (linear: tiny_config trains with AdamW, whose default --lr-base-scale is sqrt, as timm's)
+    cfg = tiny_config(tmp_path, lr=None, lr_base=0.1, lr_base_size=256, lr_base_scale="linear", grad_accum_steps=2,
+                      batch_size=4, sched="constant", max_steps=2, epochs=1)
     train(cfg, train_dataset=tr, val_dataset=va, callbacks=[rec])
     assert rec.lrs == [pytest.approx(0.1 * 8 / 256)] * 2  # 4 per step × 2 accumulation × 1 process
 

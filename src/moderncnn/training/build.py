@@ -27,8 +27,8 @@ from .distributed import DistInfo
 from .progressive import ProgressiveSchedule, schedule_for
 from .scheduler import LRSchedule
 
-__all__ = ["RunData", "build_data", "build_mixup", "build_model", "build_schedule", "model_config", "prepare_run_dir",
-           "seed_all"]
+__all__ = ["RunData", "build_criterion", "build_data", "build_mixup", "build_model", "build_schedule", "model_config",
+           "prepare_run_dir", "seed_all"]
 
 
 @dataclass
@@ -105,6 +105,8 @@ def build_model(cfg: TrainConfig, run: RunData, dist: DistInfo) -> nn.Module:
         from ..interop import load_weights
 
         load_weights(model, cfg.initial_checkpoint)
+    if cfg.head_init_scale is not None:  # timm's --head-init-scale: after loading, so a re-initialised head shrinks
+        _scale_classifier(model, cfg.head_init_scale)
     if cfg.sync_bn and dist.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
@@ -116,7 +118,9 @@ def build_schedule(cfg: TrainConfig, lr: float, steps_per_epoch: int) -> LRSched
         return LRSchedule(lr, cfg.epochs * steps_per_epoch, steps_per_epoch,
                           sched={"exponential": "exponential_staircase"}.get(cfg.sched, cfg.sched),
                           warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
-                          decay_epochs=cfg.decay_epochs, decay_rate=cfg.decay_rate)
+                          decay_epochs=cfg.decay_epochs, decay_rate=cfg.decay_rate,
+                          decay_milestones=cfg.decay_milestones, patience_epochs=cfg.patience_epochs,
+                          plateau_mode="max")  # the plateau metric is eval top-1 (timm's default --eval-metric)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
 
@@ -130,6 +134,29 @@ def build_mixup(cfg: TrainConfig, prog: ProgressiveSchedule | None, num_classes:
         return None
     return MixupCutmix(cfg.mixup, cfg.cutmix, prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob,
                        label_smoothing=0.0, num_classes=num_classes, split_batch=cfg.mixup_split_batch)
+
+
+# -- timm training flags (issue 12) ---------------------------------------------------------------------
+@torch.no_grad()
+def _scale_classifier(model: nn.Module, scale: float) -> None:
+    """Multiply the classifier's weight and bias by ``scale`` (ConvNeXt fine-tuning's head init scale 0.001,
+    Liu et al., CVPR 2022, Table 6)."""
+    fc = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(fc, nn.Module) or getattr(fc, "weight", None) is None:
+        raise ConfigError(f"--head-init-scale: {type(model).__name__} has no classifier with weights to scale "
+                          "(built with num_classes=0?)")
+    fc.weight.mul_(scale)
+    if getattr(fc, "bias", None) is not None:
+        fc.bias.mul_(scale)
+
+
+def build_criterion(cfg: TrainConfig) -> nn.Module:
+    """The training loss: softmax cross-entropy with label smoothing, or timm's ``--bce-loss``."""
+    if cfg.bce_loss:
+        from .loss import BinaryCrossEntropy
+
+        return BinaryCrossEntropy(cfg.smoothing, cfg.bce_target_thresh)
+    return nn.CrossEntropyLoss(label_smoothing=cfg.smoothing)  # smooths mixed targets too
 
 
 def _tuplify(v: Any) -> Any:

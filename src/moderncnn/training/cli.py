@@ -10,6 +10,7 @@ Fashion-MNIST recipe end to end on the CPU and fuses the result.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,19 +63,42 @@ _TRAIN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--lr",), "lr", dict(type=float, help="absolute learning rate (default: lr-base × global batch / lr-base-size)")),
     (("--lr-base",), "lr_base", dict(type=float)),
     (("--lr-base-size",), "lr_base_size", dict(type=int)),
-    (("--opt",), "opt", dict(help="sgd, momentum, rmsproptf, adamw, adam")),
+    (("--opt",), "opt", dict(help="sgd, momentum, rmsproptf, adamw, adam, lamb, lars, adamp, nadam, radam, "
+                                         "rmsprop, adagrad")),
     (("--opt-eps",), "opt_eps", dict(type=float)),
     (("--opt-betas",), "opt_betas", dict(type=float, nargs=2)),
     (("--momentum",), "momentum", dict(type=float)),
     (("--weight-decay", "--wd"), "weight_decay", dict(type=float)),
     (("--clip-grad",), "clip_grad", dict(type=float)),
     (("--grad-accum-steps",), "grad_accum_steps", dict(type=int)),
-    (("--sched",), "sched", dict(help="cosine, step, exponential_staircase, constant")),
+    (("--sched",), "sched", dict(help="cosine, tanh, step, multistep, plateau, poly, exponential_staircase, "
+                                             "constant")),
     (("--warmup-epochs",), "warmup_epochs", dict(type=float)),
     (("--warmup-lr",), "warmup_lr", dict(type=float)),
     (("--min-lr",), "min_lr", dict(type=float)),
     (("--decay-epochs",), "decay_epochs", dict(type=float)),
     (("--decay-rate",), "decay_rate", dict(type=float)),
+    # -- timm training flags (issue 12) --
+    (("--lr-base-scale",), "lr_base_scale", dict(choices=["", "linear", "sqrt"],
+                                                  help="scale --lr-base with the global batch linearly or by its "
+                                                       "square root (default: sqrt for Adam-family and LAMB, else "
+                                                       "linear, as timm)")),
+    (("--layer-decay",), "layer_decay", dict(type=float, help="layer-wise lr decay (model.group_matcher groups)")),
+    (("--head-init-scale",), "head_init_scale", dict(type=float,
+                                                      help="multiply the classifier weights after loading them")),
+    (("--decay-milestones",), "decay_milestones", dict(type=int, nargs="+", metavar="EPOCH",
+                                                        help="epochs of the multistep decays")),
+    (("--patience-epochs",), "patience_epochs", dict(type=int, help="plateau: epochs without improvement")),
+    (("--cooldown-epochs",), "cooldown_epochs", dict(type=int, help="epochs at min-lr after the schedule")),
+    (("--amp-dtype",), "amp_dtype", dict(choices=["float16", "bfloat16"],
+                                          help="autocast dtype of --amp (float16 uses a GradScaler)")),
+    (("--bce-loss",), "bce_loss", dict(action=_BOOL, help="binary cross-entropy loss (timm's BinaryCrossEntropy)")),
+    (("--bce-target-thresh",), "bce_target_thresh", dict(type=float, help="binarize BCE targets at this value")),
+    (("--aug-repeats",), "aug_repeats", dict(type=int, help="repeated augmentation: each sample N times per epoch")),
+    (("--dist-bn",), "dist_bn", dict(choices=["", "broadcast", "reduce"],
+                                      help="share BatchNorm statistics across processes at each epoch end")),
+    (("--log-tensorboard",), "log_tensorboard", dict(action=_BOOL, help="write TensorBoard events (run folder/tb)")),
+    (("--log-wandb",), "log_wandb", dict(action=_BOOL, help="log to Weights & Biases (needs wandb)")),
     (("--mixup",), "mixup", dict(type=float)),
     (("--cutmix",), "cutmix", dict(type=float)),
     (("--mixup-prob",), "mixup_prob", dict(type=float)),
@@ -88,7 +112,7 @@ _TRAIN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--prog-stages",), "prog_stages", dict(type=int)),
     (("--prog-size",), "prog_size", dict(type=int, nargs=2, metavar=("MIN", "MAX"))),
     (("--device",), "device", dict()),
-    (("--amp",), "amp", dict(action=_BOOL, help="bfloat16 autocast")),
+    (("--amp",), "amp", dict(action=_BOOL, help="mixed precision autocast (--amp-dtype)")),
     (("--channels-last",), "channels_last", dict(action=_BOOL)),
     (("--compile",), "compile", dict(action=_BOOL, help="torch.compile the training model")),
     (("--sync-bn",), "sync_bn", dict(action=_BOOL)),
@@ -152,7 +176,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, img_size=args.img_size,
                         batch_size=args.batch_size, workers=args.workers, val_samples=args.val_samples,
-                        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+                        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                        progress=not args.no_progress and sys.stderr.isatty())
     return 0
 
 
@@ -198,6 +223,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("-j", "--workers", type=int, default=0)
     e.add_argument("--val-samples", type=int, default=None)
     e.add_argument("--device", default=None)
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_run_eval)
 
     d = subparsers.add_parser("demo", help="train a small RepVGG on Fashion-MNIST on the CPU, then fuse it")

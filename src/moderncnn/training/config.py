@@ -72,6 +72,20 @@ class TrainConfig:
     min_lr: float = 0.0
     decay_epochs: float = 2.4
     decay_rate: float = 0.97
+    # -- timm training flags (issue 12) ------------------------------------------------------------------
+    lr_base_scale: str = ""  # how --lr-base scales with the global batch: "" (timm: sqrt for Adam-family/LAMB)
+    layer_decay: float | None = None  # layer-wise lr decay: group i of n gets lr * layer_decay ** (n - 1 - i)
+    head_init_scale: float | None = None  # multiply the classifier's weight and bias after loading weights
+    decay_milestones: tuple[int, ...] = (90, 180, 270)  # epochs of the multistep decays
+    patience_epochs: int = 10  # plateau: evaluations without improvement before a decay
+    cooldown_epochs: int = 0  # epochs at min_lr after a cosine/tanh/poly schedule (added to --epochs)
+    amp_dtype: str = "bfloat16"  # autocast dtype of --amp; float16 adds a GradScaler
+    bce_loss: bool = False  # binary cross-entropy on (smoothed) one-hot targets instead of softmax CE
+    bce_target_thresh: float | None = None  # BCE targets above this become 1, the rest 0
+    aug_repeats: int = 0  # repeated augmentation: each sample N times per epoch, spread over processes
+    dist_bn: str = ""  # at each epoch end under DDP: "" (nothing), "broadcast" rank 0's or "reduce" (mean) BN stats
+    log_tensorboard: bool = False  # also write TensorBoard events into the run folder (needs tensorboard)
+    log_wandb: bool = False  # also log to Weights & Biases (needs wandb)
     # -- regularization ------------------------------------------------------------------------------
     mixup: float = 0.0
     cutmix: float = 0.0
@@ -198,7 +212,7 @@ def validate(cfg: TrainConfig) -> None:
     """Check every option of ``cfg`` once (normalizing in place: numbers given as strings, lists to
     tuples); a :class:`ConfigError` names each bad option with its valid range."""
     if not _RULES:
-        _RULES.update(_rules())
+        _RULES.update(_rules(), **_timm_rules())
     problems = []
     for name, rule in _RULES.items():
         try:
@@ -244,6 +258,46 @@ def _check_special(cfg: TrainConfig) -> None:
         from ..data.transforms import rand_augment
 
         rand_augment(cfg.aa)  # every section honoured or a ConfigError naming it
+    _check_timm_flags(cfg)
+
+
+# -- timm training flags (issue 12) ---------------------------------------------------------------------
+# names of the schedules that timm extends by --cooldown-epochs (its cycle schedules)
+COOLDOWN_SCHEDULES = ("cosine", "tanh", "poly")
+
+
+def _timm_rules() -> dict[str, Any]:
+    return {
+        "lr_base_scale": Choice(("", "linear", "sqrt")),
+        "layer_decay": Number(0.0, 1.0, lo_open=True, optional=True),
+        "head_init_scale": Number(0.0, lo_open=True, optional=True),
+        "decay_milestones": Tuple(Number(1, integer=True), ordered=True),
+        "patience_epochs": Number(0, integer=True), "cooldown_epochs": Number(0, integer=True),
+        "amp_dtype": Choice(("float16", "bfloat16")), "bce_loss": Flag(),
+        "bce_target_thresh": Number(0.0, 1.0, optional=True), "aug_repeats": Number(0, integer=True),
+        "dist_bn": Choice(("", "broadcast", "reduce")), "log_tensorboard": Flag(), "log_wandb": Flag(),
+    }
+
+
+def _check_timm_flags(cfg: TrainConfig) -> None:
+    """Pairs of the issue-12 flags that must agree."""
+    if cfg.cooldown_epochs and cfg.sched not in COOLDOWN_SCHEDULES:
+        raise ConfigError(f"--cooldown-epochs extends the {', '.join(COOLDOWN_SCHEDULES)} schedules (as in timm), "
+                          f"not --sched {cfg.sched}; drop it or pick one of those schedules")
+    if cfg.bce_target_thresh is not None and not cfg.bce_loss:
+        raise ConfigError("--bce-target-thresh applies to the binary cross-entropy loss; add --bce-loss")
+    if cfg.log_wandb:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("--log-wandb needs the wandb package, which is not installed: pip install wandb "
+                              "(or leave out --log-wandb)")
+    if cfg.log_tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("--log-tensorboard needs the tensorboard package, which is not installed: "
+                              "pip install 'moderncnn[tensorboard]' (or leave out --log-tensorboard)")
 
 
 def _device_syntax(name: str) -> None:

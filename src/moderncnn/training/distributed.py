@@ -102,10 +102,12 @@ class EpochSampler(Sampler[int]):
     """
 
     def __init__(
-        self, length: int, *, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True, pad: bool = True
+        self, length: int, *, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True, pad: bool = True,
+        repeats: int = 0,
     ) -> None:
         self.length, self.seed, self.rank, self.world_size = length, seed, rank, world_size
         self.shuffle, self.pad = shuffle, pad
+        self.repeats = repeats  # > 0: repeated augmentation (see _repeated)
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -117,6 +119,8 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.length, generator=g).tolist()
         else:
             order = list(range(self.length))
+        if self.repeats:
+            return self._repeated(order)
         if self.pad and self.length % self.world_size:
             extra = self.world_size - self.length % self.world_size
             order += (order * (extra // max(1, len(order)) + 1))[:extra]
@@ -126,5 +130,47 @@ class EpochSampler(Sampler[int]):
         return iter(self.indices()[self.start :])
 
     def __len__(self) -> int:
+        if self.repeats:
+            return max(0, self._selected() - self.start)
         n = -(-self.length // self.world_size) if self.pad else len(range(self.rank, self.length, self.world_size))
         return max(0, n - self.start)
+
+    # -- timm training flags (issue 12): repeated augmentation --
+    def _selected(self) -> int:
+        """Samples per process and epoch under repeated augmentation: the epoch keeps its usual length (the data
+        set over the processes), rounded down to a multiple of 256 images first when there are that many, as
+        timm's ``RepeatAugSampler`` (and DeiT's RASampler) do."""
+        per_rank = -(-self.length * self.repeats // self.world_size)
+        if self.length >= 256:
+            return min(per_rank, self.length // 256 * 256 // self.world_size)
+        return min(per_rank, -(-self.length // self.world_size))
+
+    def _repeated(self, order: list[int]) -> list[int]:
+        """Repeated augmentation (Hoffer et al., CVPR 2020; Berman et al., 2019; DeiT's RASampler; timm's
+        ``--aug-repeats``): each index of the permutation ``repeats`` times in a row, dealt round-robin over the
+        processes (so the copies of a sample land on different processes, each augmented differently), padded by
+        wrapping around, then cut to :meth:`_selected`."""
+        order = [i for i in order for _ in range(self.repeats)]
+        total = -(-len(order) // self.world_size) * self.world_size
+        mine = range(self.rank, total, self.world_size)[: self._selected()]
+        return [order[i % len(order)] for i in mine]
+
+
+# -- timm training flags (issue 12): --dist-bn ---------------------------------------------------------------
+@torch.no_grad()
+def distribute_bn(model: torch.nn.Module, info: DistInfo, mode: str) -> None:
+    """Make the BatchNorm running statistics of ``model`` agree across processes (timm's ``--dist-bn``):
+    ``reduce`` replaces them by their mean over the processes, ``broadcast`` by rank 0's; ``""`` leaves each
+    process its own. A collective: every rank calls it."""
+    if not info.distributed or not mode:
+        return
+    if mode not in ("reduce", "broadcast"):
+        raise ValueError(f"dist_bn must be '', 'reduce' or 'broadcast', got {mode!r}")
+    for name, buf in model.named_buffers():
+        if not name.endswith(("running_mean", "running_var")):
+            continue
+        if mode == "reduce":
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(info.world_size)
+        else:
+            dist.broadcast(buf, src=0)

@@ -12,29 +12,35 @@ from torch.utils.data import DataLoader
 
 from ..errors import CheckpointError
 from .distributed import DistInfo, all_reduce_sum
-from .metrics import accuracy
+from .metrics import Progress, accuracy
 
 __all__ = ["evaluate", "evaluate_checkpoint"]
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, *, device: torch.device | str = "cpu", amp: bool = False,
-             channels_last: bool = False, dist: DistInfo | None = None) -> dict[str, float]:
+             channels_last: bool = False, dist: DistInfo | None = None, amp_dtype: str = "bfloat16",
+             progress: bool = False) -> dict[str, float]:
     """``{"loss", "top1", "top5", "images"}`` of ``model`` over ``loader`` (percentages; summed over the
-    processes of ``dist`` when each holds a shard)."""
+    processes of ``dist`` when each holds a shard). ``progress``: a progress bar on stderr."""
     device = torch.device(device)
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
-    for x, y in loader:
+    bar = Progress(len(loader), desc="eval", enabled=progress, use_bar=True, log_interval=1) if progress else None
+    for i, (x, y) in enumerate(loader):
         x, y = x.to(device), y.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext():
+        with torch.autocast(device.type, dtype=getattr(torch, amp_dtype)) if amp else contextlib.nullcontext():
             out = model(x)
         out = out.float()
         top1, top5 = accuracy(out, y, (1, 5))
         loss = nn.functional.cross_entropy(out, y, reduction="sum")
         sums += torch.stack([loss, top1, top5, torch.tensor(len(y), device=device)]).double()
+        if bar is not None:
+            bar.update(i + 1, top1=100 * sums[1].item() / max(1.0, sums[3].item()))
+    if bar is not None:
+        bar.close()
     if dist is not None:
         sums = all_reduce_sum(sums, dist)
     n = max(1.0, sums[3].item())
@@ -53,6 +59,7 @@ def evaluate_checkpoint(
     val_samples: int | None = None,
     device: str = "cpu",
     verbose: bool = True,
+    progress: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Top-1/top-5 (and loss) of a run folder's weights (``best``, else ``last``; raw and EMA), or of one
     weights file written by ``moderncnn train``. Returns ``{"raw": {...}, "ema": {...}}``."""
@@ -95,7 +102,7 @@ def evaluate_checkpoint(
                                          **kw)
         val = AugmentedDataset(ds, random_subset(len(ds), val_samples, cfg.seed + 1), transform, seeded=False)
         loader = DataLoader(val, batch_size=batch_size, num_workers=workers)
-        results[which] = r = evaluate(model.to(device), loader, device=device)
+        results[which] = r = evaluate(model.to(device), loader, device=device, progress=progress)
         if verbose:
             print(f"{which:>4} {f.name}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}  "
                   f"({r['images']} {dataset} val images at {size} px)")

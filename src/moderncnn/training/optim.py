@@ -8,14 +8,18 @@ an L2 loss term on conv/dense kernels only; :func:`param_groups` reproduces the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
-__all__ = ["OPTIMIZERS", "RMSpropTF", "create_optimizer", "param_groups", "scale_lr"]
+__all__ = ["OPTIMIZERS", "RMSpropTF", "create_optimizer", "default_lr_base_scale", "layer_ids", "param_groups",
+           "resolve_lr", "scale_lr"]
 
-OPTIMIZERS = ("sgd", "momentum", "rmsproptf", "adamw", "adam")
+# timm's names: the first five were here before issue 12; lamb, lars, adamp are training.adaptive, the rest torch's
+OPTIMIZERS = ("sgd", "momentum", "rmsproptf", "adamw", "adam", "lamb", "lars", "adamp", "nadam", "radam", "rmsprop",
+              "adagrad")
 
 # Normalization layers whose affine parameters never get weight decay, whatever their shape.
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -159,6 +163,74 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
+def layer_ids(model: nn.Module) -> dict[str, int]:
+    """Layer index of every parameter for layer-wise lr decay, with timm's semantics of a ``group_matcher``
+    (``timm.models.group_parameters(..., reverse=True)``; docs/training.md, "Layer-wise lr decay").
+
+    Each parameter name gets a sort key from the first rule that matches it: the rule's position in the
+    matcher dict, then the numbers its regex captures, then the rule's suffix (``stem`` rules have none);
+    unmatched names (the classifier) sort last. Distinct keys in sorted order are consecutive layers, except
+    that a key ending in 99999 (timm's "same group as the previous one") joins the layer before it.
+    """
+    import re
+
+    rules: list[tuple[re.Pattern, tuple[float, ...], tuple[float, ...]]] = []
+    for position, spec in enumerate(model.group_matcher(coarse=False).values()):
+        if spec is None:
+            continue
+        for pattern, suffix in (spec if isinstance(spec, (list, tuple)) else [(spec, None)]):
+            rules.append((re.compile(pattern), (float(position),), tuple(map(float, suffix or ()))))
+
+    def key(name: str) -> tuple[float, ...]:
+        for pattern, prefix, suffix in rules:
+            m = pattern.match(name)
+            if m:
+                return prefix + tuple(float(x) for x in m.groups() if x is not None) + suffix
+        return (math.inf,)
+
+    keys = {name: key(name) for name, _ in model.named_parameters()}
+    layer_of_key: dict[tuple[float, ...], int] = {}
+    layer = -1
+    for k in sorted(set(keys.values())):
+        if layer < 0 or k[-1] != 99999.0:
+            layer += 1
+        layer_of_key[k] = layer
+    return {name: layer_of_key[k] for name, k in keys.items()}
+
+
+def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """:func:`param_groups` split further by layer (:func:`layer_ids`): layer ``i`` of ``n`` carries
+    ``lr_scale = layer_decay ** (n - 1 - i)``, so the classifier trains at the full rate and the stem at the
+    smallest (BEiT, Bao et al., ICLR 2022, §2.5; ConvNeXt fine-tuning, Liu et al., CVPR 2022, Table 6)."""
+    ids = layer_ids(model)
+    top = max(ids.values(), default=0)
+    groups: dict[tuple[int, bool], dict] = {}
+    for base in param_groups(model, weight_decay):
+        for name, p in zip(base["names"], base["params"]):
+            layer, decayed = ids.get(name, top), base["weight_decay"] > 0
+            g = groups.setdefault((layer, decayed), {"params": [], "names": [], "weight_decay": base["weight_decay"],
+                                                     "lr_scale": layer_decay ** (top - layer)})
+            g["params"].append(p)
+            g["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def default_lr_base_scale(opt: str) -> str:
+    """timm's default for ``--lr-base-scale ''``: ``sqrt`` for optimizers whose name contains ``ada`` (adam,
+    adamw, adamp, nadam, radam, adagrad) or ``lamb``, ``linear`` for the rest (sgd, momentum, lars, rmsprop)."""
+    name = opt.lower()
+    return "sqrt" if "ada" in name or "lamb" in name else "linear"
+
+
+def resolve_lr(lr_base: float, global_batch: int, lr_base_size: int, opt: str, lr_base_scale: str = "") -> float:
+    """The learning rate when ``--lr`` is not given: ``lr_base * ratio`` with ``ratio = global_batch /
+    lr_base_size``, or its square root (Krizhevsky, 2014, "One weird trick", for adaptive optimizers; timm's
+    ``--lr-base-scale``); the default follows :func:`default_lr_base_scale`."""
+    scale = lr_base_scale or default_lr_base_scale(opt)
+    ratio = global_batch / lr_base_size
+    return lr_base * (math.sqrt(ratio) if scale == "sqrt" else ratio)
+
+
 def create_optimizer(
     model: nn.Module,
     opt: str,
@@ -167,6 +239,7 @@ def create_optimizer(
     momentum: float = 0.9,
     eps: float | None = None,
     betas: tuple[float, float] | None = None,
+    layer_decay: float | None = None,
 ) -> torch.optim.Optimizer:
     """Build an optimizer over :func:`param_groups` (no decay on norms, biases, scales).
 
@@ -177,13 +250,24 @@ def create_optimizer(
     - ``rmsproptf``: :class:`RMSpropTF`, alpha 0.9, eps 1e-3 by default (EfficientNetV2).
     - ``adamw``: decoupled weight decay (ConvNeXt, RepLKNet recipes), eps 1e-8 by default.
     - ``adam``: Adam with coupled L2.
+    - ``lamb``, ``lars``, ``adamp``: :mod:`training.adaptive`, with timm's defaults (LAMB eps 1e-6 and global
+      gradient norm 1.0; LARS trust coefficient 0.001; AdamP nesterov, wd_ratio 0.01).
+    - ``nadam``, ``radam``, ``rmsprop``, ``adagrad``: torch's, with timm's defaults (RMSprop alpha 0.9 and
+      ``momentum``; Adagrad eps 1e-8).
+
+    ``layer_decay`` splits the groups by layer with an ``lr_scale`` each (:func:`layer_decay_groups`), which
+    the schedule multiplies in.
     """
     name = opt.lower().replace("-", "").replace("_", "")
     if name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {opt!r}; expected one of {', '.join(OPTIMIZERS)}.")
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay) if layer_decay is None else layer_decay_groups(
+        model, weight_decay, layer_decay)
     for g in groups:
         g.pop("names")  # torch keeps unknown keys in state_dict; keep checkpoints small
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+    if name in _ISSUE12:
+        return _ISSUE12[name](groups, lr, weight_decay, momentum, eps, betas)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
     if name == "momentum":
@@ -196,6 +280,32 @@ def create_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(groups, **adam_kw)
     return torch.optim.Adam(groups, **adam_kw)
+
+
+def _issue12_optimizers() -> dict[str, Callable[..., torch.optim.Optimizer]]:
+    """Builders ``(groups, lr, weight_decay, momentum, eps, betas)`` of the optimizers added by issue 12, with
+    timm's defaults where ``eps``/``betas`` are None."""
+    from .adaptive import AdamP, Lamb, Lars
+
+    def kw(eps, betas, default_eps=1e-8):
+        return dict(eps=default_eps if eps is None else eps, betas=betas or (0.9, 0.999))
+
+    return {
+        "lamb": lambda g, lr, wd, mom, eps, betas: Lamb(g, lr=lr, weight_decay=wd, **kw(eps, betas, 1e-6)),
+        "lars": lambda g, lr, wd, mom, eps, betas: Lars(g, lr=lr, momentum=mom, weight_decay=wd,
+                                                         eps=1e-8 if eps is None else eps),
+        "adamp": lambda g, lr, wd, mom, eps, betas: AdamP(g, lr=lr, weight_decay=wd, wd_ratio=0.01, nesterov=True,
+                                                           **kw(eps, betas)),
+        "nadam": lambda g, lr, wd, mom, eps, betas: torch.optim.NAdam(g, lr=lr, weight_decay=wd, **kw(eps, betas)),
+        "radam": lambda g, lr, wd, mom, eps, betas: torch.optim.RAdam(g, lr=lr, weight_decay=wd, **kw(eps, betas)),
+        "rmsprop": lambda g, lr, wd, mom, eps, betas: torch.optim.RMSprop(
+            g, lr=lr, alpha=0.9, momentum=mom, weight_decay=wd, eps=1e-8 if eps is None else eps),
+        "adagrad": lambda g, lr, wd, mom, eps, betas: torch.optim.Adagrad(g, lr=lr, weight_decay=wd,
+                                                                           eps=1e-8 if eps is None else eps),
+    }
+
+
+_ISSUE12 = _issue12_optimizers()
 
 
 def scale_lr(lr: float, batch_size: int, base_batch_size: int) -> float:

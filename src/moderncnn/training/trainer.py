@@ -30,8 +30,17 @@ from ..errors import ConfigError, ModernCNNError
 from ..interop.spec import ModelSpec, spec_metadata
 from . import checkpoint as ckpt_io
 from .build import model_config, seed_all
-from .config import TrainConfig
-from .distributed import DistInfo, EpochSampler, all_gather_object, all_reduce_sum, barrier, cleanup, init_distributed
+from .config import COOLDOWN_SCHEDULES, TrainConfig
+from .distributed import (
+    DistInfo,
+    EpochSampler,
+    all_gather_object,
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    distribute_bn,
+    init_distributed,
+)
 from .evaluate import evaluate
 from .metrics import Progress, RunLog, describe_run, summarize_run
 from .run_dir import install_stop_handlers, loader_worker_init, report_bad_images
@@ -96,9 +105,9 @@ class Trainer:
 
     # -- build everything --------------------------------------------------------------------------------
     def setup(self) -> None:
-        from .build import build_data, build_mixup, build_model, build_schedule, prepare_run_dir
+        from .build import build_criterion, build_data, build_mixup, build_model, build_schedule, prepare_run_dir
         from .ema import ModelEma
-        from .optim import create_optimizer
+        from .optim import create_optimizer, resolve_lr
         from .run_dir import claim_run_dir
 
         cfg = self.cfg
@@ -124,16 +133,23 @@ class Trainer:
 
         # optimization
         self.global_batch = cfg.batch_size * self.dist.world_size * cfg.grad_accum_steps
-        self.lr = cfg.lr if cfg.lr is not None else cfg.lr_base * self.global_batch / cfg.lr_base_size
+        # timm's --lr-base-scale: linear for SGD-like optimizers, square root for Adam-family ones by default
+        self.lr = cfg.lr if cfg.lr is not None else resolve_lr(cfg.lr_base, self.global_batch, cfg.lr_base_size,
+                                                               cfg.opt, cfg.lr_base_scale)
         self.optimizer = create_optimizer(model, cfg.opt, self.lr, weight_decay=cfg.weight_decay,
                                           momentum=cfg.momentum, eps=cfg.opt_eps,
-                                          betas=tuple(cfg.opt_betas) if cfg.opt_betas else None)
+                                          betas=tuple(cfg.opt_betas) if cfg.opt_betas else None,
+                                          layer_decay=cfg.layer_decay)
+        # float16 autocast needs loss scaling (Micikevicius et al., ICLR 2018); bfloat16 has float32's range
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp and cfg.amp_dtype == "float16" else None
         self.sampler = EpochSampler(len(self.data.train_set), seed=cfg.seed, rank=self.dist.rank,
-                                    world_size=self.dist.world_size)
+                                    world_size=self.dist.world_size, repeats=cfg.aug_repeats)
+        # timm's --cooldown-epochs: the cycle schedules run on at min_lr for that many extra epochs
+        self.total_epochs = cfg.epochs + (cfg.cooldown_epochs if cfg.sched in COOLDOWN_SCHEDULES else 0)
         self.steps_per_epoch = self._updates_per_epoch(cfg.batch_size)  # nominal (stage-free) length
         self.schedule = build_schedule(cfg, self.lr, self.steps_per_epoch)
         self.mixup = build_mixup(cfg, self.progressive, self.num_classes)  # None when the run never mixes
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.smoothing)  # smooths mixed targets too
+        self.criterion = build_criterion(cfg)
         self.val_loader = DataLoader(self.data.val_set, batch_size=max(1, cfg.batch_size), num_workers=cfg.workers,
                                      sampler=list(range(len(self.data.val_set)))[self.dist.rank::self.dist.world_size],
                                      pin_memory=self.device.type == "cuda")
@@ -172,12 +188,16 @@ class Trainer:
         self.runlog.event("start", world_size=self.dist.world_size, global_batch=self.global_batch, lr=self.lr,
                           resumed_from=cfg.resume, global_step=self.global_step)
         self.log(describe_run(self))
+        from .loggers import ExternalLog
+
+        self.external = ExternalLog(self.run_dir, cfg, enabled=self.primary)
         if self._resume_rng is not None:
             ckpt_io.set_rng_state(self._resume_rng)
         previous = install_stop_handlers(self)
         interrupted, train_time, row, self.last_lr = False, 0.0, {}, self.lr
         try:
-            while self.epoch < cfg.epochs and not (cfg.max_steps is not None and self.global_step >= cfg.max_steps):
+            while self.epoch < self.total_epochs and not (cfg.max_steps is not None
+                                                          and self.global_step >= cfg.max_steps):
                 batch_size, stage = self._apply_stage(self.epoch)
                 t0 = time.perf_counter()
                 train_loss, updates = self.train_epoch(batch_size)
@@ -209,6 +229,7 @@ class Trainer:
                 deploy = self.export_deploy()
             barrier(self.dist)
         self.runlog.finish()
+        self.external.close()
         self.runlog.event("end", interrupted=interrupted, global_step=self.global_step, best_top1=self.best_top1)
         cleanup(self.dist)
         self.train_time = train_time
@@ -222,7 +243,7 @@ class Trainer:
         updates, start = self._updates_per_epoch(batch_size), self.step_in_epoch
         batches = iter(self._loader(batch_size, start * accum))
         self.train_model.train()
-        prog = Progress(updates - start, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=self.primary,
+        prog = Progress(updates - start, desc=f"epoch {self.epoch + 1}/{self.total_epochs}", enabled=self.primary,
                         use_bar=not cfg.no_progress and sys.stderr.isatty(), log_interval=cfg.log_interval)
         # the epoch's mean loss survives a mid-epoch resume: the running sums are part of the checkpoint
         total, count = self.epoch_loss if start > 0 else (0.0, 0)
@@ -242,9 +263,15 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     raise self._diverged(f"the training loss became {loss} at optimizer step {self.global_step + 1} "
                                          f"(epoch {self.epoch + 1}, batch {i * accum + 1} of {updates * accum})")
+                if self.scaler is not None and cfg.clip_grad:
+                    self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
                 if cfg.clip_grad:
                     nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-                self.optimizer.step()
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)  # skipped when a gradient overflowed
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.ema is not None:
                     self.ema.update(self.model, self.global_step)
@@ -285,7 +312,8 @@ class Trainer:
         for cb in self.callbacks:
             new = cb.on_loss(self, loss)
             loss = loss if new is None else new
-        (loss / self.cfg.grad_accum_steps).backward()
+        scaled = loss / self.cfg.grad_accum_steps
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         return loss.detach()
 
     def _end_epoch(self, train_loss: float, batch_size: int, stage, epoch_time: float) -> dict[str, Any]:
@@ -295,11 +323,14 @@ class Trainer:
                                "batch_size": batch_size * self.dist.world_size, "steps": self.global_step,
                                "epoch_time": round(epoch_time, 2)}
         metric = None
-        if (self.epoch + 1) % max(1, cfg.eval_interval) == 0 or self.epoch + 1 == cfg.epochs:
+        distribute_bn(self.model, self.dist, cfg.dist_bn)  # timm's --dist-bn, before evaluating and saving
+        if self.ema is not None:
+            distribute_bn(self.ema.module, self.dist, cfg.dist_bn)
+        if (self.epoch + 1) % max(1, cfg.eval_interval) == 0 or self.epoch + 1 == self.total_epochs:
             ev = self._evaluate(self.model)
             row.update(eval_loss=ev["loss"], eval_top1=ev["top1"], eval_top5=ev["top5"])
-            msg = (f"epoch {self.epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, eval top-1 {ev['top1']:.2f}%, "
-                   f"top-5 {ev['top5']:.2f}%")
+            msg = (f"epoch {self.epoch + 1}/{self.total_epochs}: train loss {train_loss:.4f}, "
+                   f"eval top-1 {ev['top1']:.2f}%, top-5 {ev['top5']:.2f}%")
             ee = self._evaluate(self.ema.module) if self.ema is not None else None
             if ee is not None:
                 row.update(ema_eval_loss=ee["loss"], ema_eval_top1=ee["top1"], ema_eval_top5=ee["top5"])
@@ -307,10 +338,12 @@ class Trainer:
             self.last_eval = (ev["top1"], ee["top1"] if ee else None)
             metric = max(ev["top1"], ee["top1"] if ee else -1.0)
             self.log(msg + f"  [{epoch_time:.1f} s]")
+        self.schedule.observe(self.epoch + 1, metric)  # plateau: the next epochs' lr follows the evaluations
         for cb in self.callbacks:
             cb.on_epoch_end(self, row)
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.runlog.epoch(row)
+        self.external.epoch(row)
         improved = metric is not None and (self.best_top1 is None or metric > self.best_top1)
         if improved:
             self.best_top1, self.best_epoch = metric, self.epoch - 1
@@ -321,7 +354,8 @@ class Trainer:
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
         return evaluate(model, self.val_loader, device=self.device, amp=self.cfg.amp,
-                        channels_last=self.cfg.channels_last, dist=self.dist)
+                        channels_last=self.cfg.channels_last, dist=self.dist, amp_dtype=self.cfg.amp_dtype,
+                        progress=self.primary and not self.cfg.no_progress and sys.stderr.isatty())
 
     def _apply_stage(self, epoch: int) -> tuple[int, Any]:
         """The progressive stage of ``epoch``: image size, RandAugment magnitude, mixup/cutmix, dropout, batch."""
@@ -350,7 +384,8 @@ class Trainer:
                           worker_init_fn=loader_worker_init() if self.cfg.workers else None)
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.amp else contextlib.nullcontext()
+        dtype = getattr(torch, self.cfg.amp_dtype)
+        return torch.autocast(self.device.type, dtype=dtype) if self.cfg.amp else contextlib.nullcontext()
 
     def _all_reduce_loss(self, loss_sum: torch.Tensor, stop_flag: float) -> tuple[float, bool]:
         """All-reduce (loss, stop request) so every process sees a NaN or Ctrl-C at the same step."""
@@ -382,7 +417,10 @@ class Trainer:
                  "optimizer": self.optimizer.state_dict(),
                  "rng_ranks": rng_ranks,  # every process's RNG (dropout and drop-path masks differ per rank)
                  "epoch_loss": list(self.epoch_loss), "best_top1": self.best_top1, "best_epoch": self.best_epoch,
-                 "has_ema": self.ema is not None, "world_size": self.dist.world_size, "config": self.cfg.to_dict()}
+                 "has_ema": self.ema is not None, "world_size": self.dist.world_size, "config": self.cfg.to_dict(),
+                 "schedule": self.schedule.state_dict()}  # plateau counters (the other schedules have none)
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()  # float16 AMP: the loss scale continues on resume
         path = ckpt_io.save_checkpoint(
             self.run_dir, tags, model_state=self.model.state_dict(),
             ema_state=self.ema.state_dict() if self.ema is not None else None, train_state=state,
@@ -407,6 +445,10 @@ class Trainer:
             raise ckpt_io.CheckpointError(
                 f"the optimizer state in {ck.path} does not fit --opt {self.cfg.opt}: {exc}") from exc
         self.epoch, self.step_in_epoch, self.global_step = st["epoch"], st["step_in_epoch"], st["global_step"]
+        if "schedule" in st:
+            self.schedule.load_state_dict(st["schedule"])
+        if self.scaler is not None and "grad_scaler" in st:
+            self.scaler.load_state_dict(st["grad_scaler"])
         self.best_top1, self.best_epoch = st.get("best_top1"), st.get("best_epoch")
         self.epoch_loss = tuple(st.get("epoch_loss", (0.0, 0)))
         ranks = st["rng_ranks"] if "rng_ranks" in st else [st["rng"]]  # "rng": rank 0 only, older checkpoints
