@@ -14,8 +14,8 @@ from moderncnn.errors import ConfigError
 from moderncnn.training.cli import config_from_args
 from moderncnn.training.config import from_dict, list_recipes, load_recipe
 
-RECIPES = ["convnext", "efficientnetv2_l", "efficientnetv2_m", "efficientnetv2_s", "fashion-mnist", "mobilenext",
-           "replknet", "repvgg", "repvgg_200ep"]
+RECIPES = ["convnext", "convnext_in22k_ft_in1k", "efficientnetv2_l", "efficientnetv2_m", "efficientnetv2_s",
+           "fashion-mnist", "mobilenext", "replknet", "repvgg", "repvgg_200ep"]
 
 
 def parse(*argv: str):

@@ -120,8 +120,9 @@ def test_create_optimizer_kinds():
     assert isinstance(create_optimizer(model, "adamw", lr=1e-3, weight_decay=0.05), torch.optim.AdamW)
     assert isinstance(create_optimizer(model, "adam", lr=1e-3), torch.optim.Adam)
     with pytest.raises(ValueError, match="rmsproptf"):
-        create_optimizer(model, "lamb", lr=0.1)
-    assert set(OPTIMIZERS) == {"sgd", "momentum", "rmsproptf", "adamw", "adam"}
+        create_optimizer(model, "lamb2", lr=0.1)
+    assert set(OPTIMIZERS) == {"sgd", "momentum", "rmsproptf", "adamw", "adam",  # issue 12 added timm's:
+                               "lamb", "lars", "adamp", "nadam", "radam", "rmsprop", "adagrad"}
 
 
 def test_scale_lr():
@@ -166,7 +167,7 @@ def test_cosine_and_constant():
     c = LRSchedule(0.3, total_steps=10, steps_per_epoch=1, sched="constant")
     assert [c.lr_at(i) for i in (0, 5, 9)] == [0.3, 0.3, 0.3]
     with pytest.raises(ValueError, match="cosine"):
-        LRSchedule(0.1, 10, 1, sched="poly")
+        LRSchedule(0.1, 10, 1, sched="polynomial")
 
 
 def test_schedule_sets_groups_with_lr_scale_and_is_a_function_of_the_step():

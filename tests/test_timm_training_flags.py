@@ -463,3 +463,22 @@ def test_evaluation_shows_a_progress_bar_unless_told_not_to(capsys):
     assert "eval" in capsys.readouterr().err
     evaluate(model, batches, progress=False)
     assert capsys.readouterr().err == ""
+
+
+# -- the ConvNeXt 22k -> 1k fine-tuning recipe --------------------------------------------------------------------
+def test_convnext_fine_tuning_recipe_has_the_paper_numbers():
+    from moderncnn.training.config import from_dict, load_recipe, resolve_drop_path
+
+    c = from_dict(load_recipe("convnext_in22k_ft_in1k"))  # ConvNeXt Table 6, ImageNet-22K column; TRAINING.md
+    assert (c.opt, c.opt_betas, c.weight_decay, c.epochs, c.sched, c.warmup_epochs) == (
+        "adamw", (0.9, 0.999), 1e-8, 30, "cosine", 0)
+    assert resolve_lr(c.lr_base, 512, c.lr_base_size, c.opt, c.lr_base_scale) == pytest.approx(5e-5)
+    assert (c.layer_decay, c.head_init_scale, c.mixup, c.cutmix, c.reprob, c.smoothing) == (0.8, 1e-3, 0, 0, 0.25,
+                                                                                             0.1)
+    assert [resolve_drop_path(c.drop_path, f"convnext_{s}") for s in ("tiny", "small", "base", "large", "xlarge")] == [
+        0.0, 0.1, 0.2, 0.3, 0.4]
+    assert (c.model_ema, c.model_ema_decay, c.clip_grad) == (False, 0.9999, None)
+    # the from-scratch recipes keep the linear scaling they were written with
+    for name, batch, lr in (("convnext", 4096, 4e-3), ("replknet", 2048, 4e-3)):
+        r = from_dict(load_recipe(name))
+        assert resolve_lr(r.lr_base, batch // 2, r.lr_base_size, r.opt, r.lr_base_scale) == pytest.approx(lr / 2)
