@@ -176,9 +176,10 @@ def describe_run(t: Any) -> str:
         f"moderncnn train: {cfg.model} ({n_params / 1e6:.3f} M params) on {t.run_data.dataset_name} "
         f"({len(t.data.train_set)} train / {len(t.data.val_set)} val images, {t.num_classes} classes), "
         f"{t.train_transform.img_size} px",
-        f"  {cfg.epochs} epochs × {t.steps_per_epoch} steps, batch {cfg.batch_size} per process × {d.world_size} "
+        f"  {cfg.epochs} epochs{f' + {t.total_epochs - cfg.epochs} cooldown' if t.total_epochs > cfg.epochs else ''}"
+        f" × {t.steps_per_epoch} steps, batch {cfg.batch_size} per process × {d.world_size} "
         f"process(es) × {cfg.grad_accum_steps} accumulation = {t.global_batch}, {cfg.opt} lr {t.lr:.4g} ({cfg.sched}), "
-        f"device {t.device}" + (", bf16 autocast" if cfg.amp else "")
+        f"device {t.device}" + (f", {cfg.amp_dtype} autocast" if cfg.amp else "")
         + (f", EMA {cfg.model_ema_decay}" if t.ema else ""),
     ]
     if t.progressive is not None:
