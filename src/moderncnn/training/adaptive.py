@@ -26,6 +26,27 @@ from torch.nn import functional as F
 __all__ = ["AdamP", "Lamb", "Lars"]
 
 
+def _closure_loss(closure: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def _adam_moments(state: dict, p: torch.Tensor, g: torch.Tensor, b1: float, b2: float
+                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Advance Adam's moments of ``p`` by gradient ``g`` (Kingma & Ba, ICLR 2015, Alg. 1): ``(m, v, step)``."""
+    if not state:
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(p)
+        state["exp_avg_sq"] = torch.zeros_like(p)
+    state["step"] += 1
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    m.mul_(b1).add_(g, alpha=1.0 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+    return m, v, state["step"]
+
+
 def _trust(w_norm: torch.Tensor, u_norm: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
     """The trust ratio, or 1 where either norm is zero (a fresh zero-initialised weight, a zero update)."""
     return torch.where((w_norm > 0) & (u_norm > 0), ratio, torch.ones_like(ratio))
@@ -60,10 +81,7 @@ class Lamb(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         divisor = self._grad_divisor()
         for group in self.param_groups:
             b1, b2 = group["betas"]
@@ -71,16 +89,7 @@ class Lamb(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 g = p.grad if divisor is None else p.grad / divisor
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(b1).add_(g, alpha=1.0 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+                m, v, t = _adam_moments(self.state[p], p, g, b1, b2)
                 r = (m / (1.0 - b1**t)) / ((v / (1.0 - b2**t)).sqrt() + group["eps"])
                 wd = group["weight_decay"]
                 if wd != 0.0:
@@ -113,10 +122,7 @@ class Lars(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             wd, mom = group["weight_decay"], group["momentum"]
             for p in group["params"]:
@@ -174,26 +180,14 @@ class AdamP(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             b1, b2 = group["betas"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 g = p.grad
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(b1).add_(g, alpha=1.0 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+                m, v, t = _adam_moments(self.state[p], p, g, b1, b2)
                 denom = (v / (1.0 - b2**t)).sqrt() + group["eps"]
                 numer = b1 * m + (1.0 - b1) * g if group["nesterov"] else m
                 step = numer / denom
