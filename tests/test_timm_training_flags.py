@@ -302,32 +302,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _dist_bn_worker(rank: int, world: int, port: int, mode: str, out: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        net = nn.Sequential(nn.Conv2d(1, 3, 1), nn.BatchNorm2d(3))
-        with torch.no_grad():
-            net[1].running_mean.fill_(float(rank + 1))
-            net[1].running_var.fill_(float(10 * (rank + 1)))
-            net[0].weight.fill_(float(rank))  # parameters are not BN statistics: left alone
-        distribute_bn(net, DistInfo(rank=rank, world_size=world), mode)
-        torch.save({k: v.clone() for k, v in net.state_dict().items()}, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.parametrize("mode, mean, var", [("reduce", 1.5, 15.0), ("broadcast", 1.0, 10.0)])
-def test_dist_bn_reduces_or_broadcasts_bn_statistics_over_two_gloo_processes(tmp_path, mode, mean, var):
+def test_dist_bn_reduces_or_broadcasts_bn_statistics_over_two_gloo_processes(tmp_path):
     out = str(tmp_path / "state")
-    mp.spawn(_dist_bn_worker, args=(2, _free_port(), mode, out), nprocs=2, join=True)
-    for rank in range(2):
-        sd = torch.load(f"{out}.{rank}", weights_only=True)
-        assert torch.equal(sd["1.running_mean"], torch.full((3,), mean))
-        assert torch.equal(sd["1.running_var"], torch.full((3,), var))
-        assert torch.equal(sd["0.weight"], torch.full_like(sd["0.weight"], float(rank)))
+    from dist_bn_worker import run  # a module of its own: each spawned process imports only it, not timm
+
+    mp.spawn(run, args=(2, _free_port(), out), nprocs=2, join=True)
+    for mode, mean, var in (("reduce", 1.5, 15.0), ("broadcast", 1.0, 10.0)):  # mean of ranks 0, 1 / rank 0's
+        for rank in range(2):
+            sd = torch.load(f"{out}.{mode}.{rank}", weights_only=True)
+            assert torch.equal(sd["1.running_mean"], torch.full((3,), mean)), (mode, rank)
+            assert torch.equal(sd["1.running_var"], torch.full((3,), var)), (mode, rank)
+            assert torch.equal(sd["0.weight"], torch.full_like(sd["0.weight"], float(rank)))
 
 
 def test_dist_bn_is_a_no_op_in_one_process():
