@@ -467,3 +467,29 @@ def test_convnext_fine_tuning_recipe_has_the_paper_numbers():
     for name, batch, lr in (("convnext", 4096, 4e-3), ("replknet", 2048, 4e-3)):
         r = from_dict(load_recipe(name))
         assert resolve_lr(r.lr_base, batch // 2, r.lr_base_size, r.opt, r.lr_base_scale) == pytest.approx(lr / 2)
+
+
+def test_fine_tuning_recipe_runs_from_a_checkpoint_through_the_cli(tmp_path):
+    """The recipe's options together (layer decay, head init scale, per-size drop path overridden, lr-base at 512)
+    on a tiny ConvNeXt and Fashion-MNIST, starting from a weights file."""
+    from moderncnn.cli import main
+
+    kw = dict(depths=(1, 1), dims=(8, 16))
+    start = create_model("convnext_atto", num_classes=10, in_chans=1, **kw)
+    save_file(start.state_dict(), str(tmp_path / "start.safetensors"))
+    run = tmp_path / "ft"
+    rc = main(["train", "--recipe", "convnext_in22k_ft_in1k", "--model", "convnext_atto", "--model-kwargs",
+               "depths=[1,1]", "dims=[8,16]", "--drop-path", "0.1", "--dataset", "fashion-mnist", "--img-size", "16",
+               "--eval-img-size", "16", "-b", "4", "--max-steps", "2", "--train-samples", "16", "--val-samples", "8",
+               "-j", "0", "--no-progress", "--no-plots", "--no-fuse", "--initial-checkpoint",
+               str(tmp_path / "start.safetensors"), "--output", str(run)])
+    assert rc == 0
+    state = torch.load(run / "last.state.pt", weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    scales = sorted({g["lr_scale"] for g in groups})
+    assert scales[-1] == 1.0 and scales[0] == pytest.approx(0.8 ** (len(scales) - 1))
+    # 5e-5 per 512 images, scaled linearly to 4 (and barely decayed by the cosine after one step)
+    assert all(g["lr"] == pytest.approx(5e-5 * 4 / 512 * g["lr_scale"], rel=1e-3) for g in groups)
+    after = load_file(str(run / "last.safetensors"))
+    # the head starts at 0.001 x the loaded one; two AdamW steps of ~4e-7 barely move it
+    torch.testing.assert_close(after["head.fc.weight"], start.head.fc.weight.detach() * 1e-3, atol=2e-6, rtol=0)
