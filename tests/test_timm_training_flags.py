@@ -211,6 +211,14 @@ def test_plateau_in_the_trainer_decays_after_patience(tmp_path):
     assert trainer.schedule.plateau_decays == 2
     state = torch.load(tmp_path / "run" / "last.state.pt", weights_only=True)
     assert state["schedule"]["plateau_decays"] == 2
+    # a run stopped after 2 epochs and resumed continues the counters: the third epoch is at half the rate again
+    part = cfg.replace(output=str(tmp_path / "resumed"), max_steps=6)
+    train(part, train_dataset=tr, val_dataset=va)
+    rec2 = Record()
+    resumed = Trainer(part.replace(resume=part.output, max_steps=None), train_dataset=tr, val_dataset=va,
+                      callbacks=[rec2])
+    resumed.run()
+    assert rec2.lrs[0][0] == pytest.approx(0.5e-9) and resumed.schedule.plateau_decays == 2
 
 
 # -- layer-wise lr decay ------------------------------------------------------------------------------------------
