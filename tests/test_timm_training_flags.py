@@ -6,6 +6,7 @@ TensorBoard/W&B logging and the evaluation progress bar."""
 from __future__ import annotations
 
 import copy
+import csv
 import os
 import socket
 import subprocess
@@ -428,8 +429,6 @@ def test_many_timm_flags_together_through_the_cli(tmp_path):
 
 
 def _csv_column(path, name):
-    import csv
-
     return [r[name] for r in csv.DictReader(open(path))]
 
 
@@ -501,3 +500,31 @@ def test_fine_tuning_recipe_runs_from_a_checkpoint_through_the_cli(tmp_path):
     after = load_file(str(run / "last.safetensors"))
     # the head starts at 0.001 x the loaded one; two AdamW steps of ~4e-7 barely move it
     torch.testing.assert_close(after["head.fc.weight"], start.head.fc.weight.detach() * 1e-3, atol=2e-6, rtol=0)
+
+
+def test_log_wandb_sends_each_epoch_row(tmp_path, monkeypatch):
+    """With a stand-in ``wandb`` module (the real one is not installed here): one ``init`` with the run's config,
+    one ``log`` per epoch with that epoch's numbers, ``finish`` at the end."""
+    import importlib.machinery
+    import types
+
+    calls = []
+
+    class Run:
+        def log(self, row, step):
+            calls.append(("log", step, row))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    fake.init = lambda **kw: calls.append(("init", kw)) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    tr, va = data()
+    train(tiny_config(tmp_path, log_wandb=True, epochs=2, batch_size=16), train_dataset=tr, val_dataset=va)
+    assert [c[0] for c in calls] == ["init", "log", "log", "finish"]
+    assert calls[0][1]["config"]["log_wandb"] is True and calls[0][1]["name"] == "run"
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    for (_, step, logged), row in zip(calls[1:3], rows):
+        assert step == int(row["epoch"]) and logged["eval_top1"] == pytest.approx(float(row["eval_top1"]))
