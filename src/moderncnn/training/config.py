@@ -286,18 +286,15 @@ def _check_timm_flags(cfg: TrainConfig) -> None:
                           f"not --sched {cfg.sched}; drop it or pick one of those schedules")
     if cfg.bce_target_thresh is not None and not cfg.bce_loss:
         raise ConfigError("--bce-target-thresh applies to the binary cross-entropy loss; add --bce-loss")
-    if cfg.log_wandb:
-        import importlib.util
+    import importlib.util
 
-        if importlib.util.find_spec("wandb") is None:
-            raise ConfigError("--log-wandb needs the wandb package, which is not installed: pip install wandb "
-                              "(or leave out --log-wandb)")
-    if cfg.log_tensorboard:
-        import importlib.util
-
-        if importlib.util.find_spec("tensorboard") is None:
-            raise ConfigError("--log-tensorboard needs the tensorboard package, which is not installed: "
-                              "pip install 'moderncnn[tensorboard]' (or leave out --log-tensorboard)")
+    # optional loggers: a missing package is this one-line error before the run, not an ImportError mid-run
+    if cfg.log_wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("--log-wandb needs the wandb package, which is not installed: pip install wandb "
+                          "(or leave out --log-wandb)")
+    if cfg.log_tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("--log-tensorboard needs the tensorboard package, which is not installed: "
+                          "pip install 'moderncnn[tensorboard]' (or leave out --log-tensorboard)")
 
 
 def _device_syntax(name: str) -> None:
