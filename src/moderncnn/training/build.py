@@ -62,12 +62,13 @@ def build_data(cfg: TrainConfig, train: Dataset | None = None, val: Dataset | No
     prog = None
     if cfg.progressive:
         prog = schedule_for(cfg.model, cfg.epochs, cfg.progressive, num_stages=cfg.prog_stages,
-                            default_dropout=cfg.drop, **_prog_ranges(cfg))
+                            default_dropout=cfg.drop, seed=cfg.seed, **_prog_ranges(cfg))
     native = train.image_size if isinstance(train.image_size, int) else None
     img_size = prog.stage_at(0).img_size if prog else cfg.img_size or native
     if img_size is None:
         raise ConfigError(f"the images of {cfg.dataset!r} vary in size; pass --img-size")
-    eval_img_size = cfg.eval_img_size or (max(s.img_size for s in prog.stages) if prog else img_size)
+    # progressive runs are evaluated at the range's final size (random mode may never draw it)
+    eval_img_size = cfg.eval_img_size or (int(prog.size[1]) if prog else img_size)
     mean, std = (tuple(cfg.mean), tuple(cfg.std)) if cfg.mean and cfg.std else resolve_mean_std(cfg.dataset)
     in_chans = cfg.in_chans or train.in_chans
     if len(mean) not in (1, in_chans):
