@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from ..data.assembly import TrainData, assemble
 from ..data.mixup import MixupCutmix
 from ..errors import ConfigError
-from .checkpoint import atomic_write_text
+from ..interop.io import atomic_write_text
 from .config import TrainConfig, resolve_drop_path
 from .distributed import DistInfo
 from .progressive import ProgressiveSchedule, schedule_for
