@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..validation import Choice, Flag, Number, Text, Tuple
+from ..validation import Choice, Flag, Number, Text, Tuple, device_syntax
 
 
 @dataclass
@@ -239,22 +239,13 @@ def _check_special(cfg: TrainConfig) -> None:
 
     dataset_key(cfg.dataset)
     if cfg.device is not None:
-        _device_syntax(cfg.device)
+        device_syntax(cfg.device, _flag("device"))
     if cfg.aa and cfg.aa.lower() != "none":
         from ..data.transforms import rand_augment
 
         rand_augment(cfg.aa)  # every section honoured or a ConfigError naming it
 
 
-def _device_syntax(name: str) -> None:
-    import torch
-
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"device (--device) must be cpu, cuda or cuda:N, got {name!r}") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device (--device) must be cpu, cuda or cuda:N, got {name!r}")
 _TUPLE_FIELDS = {"scale", "mean", "std", "opt_betas", "prog_size", "prog_ra_magnitude", "prog_mixup",
                  "prog_cutmix", "prog_dropout", "prog_batch_sizes"}
 
