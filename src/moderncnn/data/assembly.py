@@ -106,11 +106,11 @@ def assemble(train: Any, val: Any, train_transform: TrainTransform, eval_transfo
         if t.crop == "pad":
             train = train.resized(t.img_size)
             chans = t.to_input.source_chans, t.to_input.in_chans
-            if t.ra_magnitude == 0 and t.re_prob == 0 and chans[0] in (1, chans[1]):
+            if t.ra_magnitude == 0 and t.autoaugment is None and t.re_prob == 0 and chans[0] in (1, chans[1]):
                 batch_transform = BatchPadCropFlip(t.img_size, in_chans=chans[1], source_chans=chans[0],
                                                    pad=t.pad, hflip=t.hflip, mean=t.mean, std=t.std)
         if eval_transform.crop_pct >= 1.0:
-            val = val.resized(eval_transform.img_size)
+            val = val.resized(eval_transform.img_size, interpolation=eval_transform.interpolation)
     train_set = AugmentedDataset(train, random_subset(len(train), train_samples, seed),
                                  None if batch_transform else t, seed=seed, return_key=batch_transform is not None)
     val_set = AugmentedDataset(val, random_subset(len(val), val_samples, seed + 1), eval_transform, seeded=False)
