@@ -82,8 +82,11 @@ def split_role(split: str) -> str:
 
 
 def split_candidates(split: str) -> tuple[str, ...]:
-    """``split`` first, then the synonyms of its role (timm's ``_search_split`` order, plus ``test``)."""
+    """``split`` first, then, when it is one of timm's split synonyms, the others of its role (timm's
+    ``_search_split``, plus ``test``); any other name stands alone."""
     synonyms = TRAIN_SPLITS if split_role(split) == "train" else EVAL_SPLITS
+    if split.lower() not in synonyms:
+        return (split,)
     return (split, *[s for s in synonyms if s != split])
 
 

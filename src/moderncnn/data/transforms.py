@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torchvision.transforms.v2 as T
@@ -246,8 +247,8 @@ def rand_augment(aa: str) -> RandAugment:
     clips) are errors."""
     parts = aa.split("-")
     if parts[0] != "rand":
-        raise ConfigError(f"--aa {aa!r}: RandAugment is written like timm: 'rand-m9-n2-mstd0.5' (AutoAugment: "
-                          f"{', '.join(AA_POLICIES)})")
+        raise ConfigError(f"--aa {aa!r}: only RandAugment (written like timm: 'rand-m9-n2-mstd0.5') and the "
+                          f"AutoAugment policies {', '.join(AA_POLICIES)} are supported")
     values = {"m": 10.0, "n": 2.0, "p": 0.5, "mstd": 0.0, "mmax": 10.0, "inc": 0.0}
     for part in parts[1:]:
         match = re.fullmatch(r"(mstd|mmax|inc|m|n|p)([0-9]+(?:\.[0-9]*)?)", part)
@@ -349,15 +350,19 @@ class AutoAugment(nn.Module):
             m = m + float(torch.randn(())) * self.magnitude_std
         return min(max(m, 0.0), 10.0)
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def forward(self, img: Any) -> Any:
+        """A uint8 ``(C, H, W)`` tensor, or a PIL image (returned as a PIL image of the same mode)."""
+        pil_mode = getattr(img, "mode", None) if not isinstance(img, torch.Tensor) else None
+        if pil_mode is not None:
+            img = F.pil_to_tensor(img.convert("RGB") if pil_mode not in ("RGB", "L") else img)
         if img.dtype != torch.uint8:
-            raise TypeError(f"AutoAugment expects a uint8 (C, H, W) image tensor, got {img.dtype}")
+            raise TypeError(f"AutoAugment expects a uint8 (C, H, W) image tensor or a PIL image, got {img.dtype}")
         for op, prob, magnitude in self.policy[int(torch.randint(len(self.policy), ()))]:
             if float(torch.rand(())) >= prob:
                 continue
             name, increasing = _AA_OPS[op]
             img = _OPS[name](img, self._magnitude(magnitude) / 10.0, increasing)
-        return img
+        return F.to_pil_image(img) if pil_mode is not None else img
 
     def extra_repr(self) -> str:
         return f"policy={self.policy_name!r}, magnitude_std={self.magnitude_std}"
@@ -383,7 +388,7 @@ def parse_aa(aa: str | None) -> RandAugment | AutoAugment | None:
     """``--aa``: RandAugment (``rand-...``), an AutoAugment policy (``v0``, ``original``...), or None/'none'."""
     if not aa or aa.lower() == "none":
         return None
-    return rand_augment(aa) if aa.split("-")[0] == "rand" else auto_augment(aa)
+    return auto_augment(aa) if aa.split("-")[0] in AA_POLICIES else rand_augment(aa)
 
 
 # ---------------------------------------------------------------------------------------------------------------
