@@ -16,7 +16,7 @@ from PIL import Image
 from moderncnn.cli import main
 from moderncnn.data.datasets import ImageFolderDataset, load_class_map, load_dataset, load_splits
 from moderncnn.data.readers import expand_braces
-from moderncnn.data.transforms import AA_POLICIES, AutoAugment, _AA_OPS, _OPS, parse_aa
+from moderncnn.data.transforms import _AA_OPS, _OPS, AA_POLICIES, AutoAugment, parse_aa
 from moderncnn.errors import ConfigError, DataError
 from moderncnn.training.build import build_data
 from moderncnn.training.config import TrainConfig

@@ -213,7 +213,8 @@ def load_hfds(name: str, data_dir: str | None, split: str, *, classes: Sequence[
             if "split" not in str(e).lower():
                 break
         except Exception as e:  # not in the cache: offline mode refuses to download
-            raise DataError(f"cannot load Hugging Face data set {rest!r} offline from the cache {data_dir or '(default)'}"
+            cache = data_dir or "(default)"
+            raise DataError(f"cannot load Hugging Face data set {rest!r} offline from the cache {cache}"
                             f" ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Nothing is "
                             "downloaded: fetch it once elsewhere with datasets.load_dataset(NAME, cache_dir=...) and "
                             "pass that cache as --data-dir, or save it with save_to_disk and pass the folder") from None

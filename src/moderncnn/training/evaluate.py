@@ -60,8 +60,8 @@ def evaluate_checkpoint(
     from ..data.datasets import check_eval_classes, load_dataset
     from ..data.transforms import build_eval_transform
     from ..interop.spec import read_description
-    from .checkpoint import load_weights_file
     from .build import data_settings
+    from .checkpoint import load_weights_file
     from .config import TrainConfig, from_dict, read_yaml
 
     path = Path(checkpoint)
