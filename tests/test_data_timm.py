@@ -260,3 +260,10 @@ def test_wds_shards_read_by_pattern_or_name_and_train(tmp_path):
                  "--train-split", "train-{000..001}.tar", "--val-split", "val", "--aa", "v0",
                  "--output", str(run)]) == 0
     assert (run / "last.safetensors").is_file()
+
+
+def test_repvgg_200_epoch_recipe_uses_the_papers_autoaugment_policy():
+    from moderncnn.training.config import from_dict, load_recipe
+
+    cfg = from_dict(load_recipe("repvgg_200ep"))
+    assert cfg.aa == "original" and isinstance(parse_aa(cfg.aa), AutoAugment)
