@@ -160,12 +160,13 @@ class TensorImageDataset(Dataset):
     def resized(self, size: int, interpolation: str = "bilinear") -> TensorImageDataset:
         """A copy with every image resized to ``size``×``size`` once (antialiased, as the transforms do),
         so per-sample transforms at that size skip their resize: a large saving for 28 px data on a CPU."""
-        from torchvision.transforms.v2 import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
+
+        from .transforms import interpolation_mode
 
         if self.image_size == size:
             return self
-        mode = InterpolationMode(interpolation)
+        mode = interpolation_mode(interpolation)
         chunks = [TF.resize(c, [size, size], interpolation=mode, antialias=True) for c in self.images.split(4096)]
         return TensorImageDataset(torch.cat(chunks), self.targets, self.classes, name=self.name,
                                   transform=self.transform)

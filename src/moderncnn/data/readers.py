@@ -110,6 +110,12 @@ def _import_datasets() -> Any:
                         "pip install 'moderncnn[hfds]'") from None
     datasets.config.HF_HUB_OFFLINE = True
     datasets.config.HF_DATASETS_OFFLINE = True
+    try:  # the Hub client datasets calls reads its own flag, set at its import (maybe before ours)
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+    except (ImportError, AttributeError):
+        pass
     return datasets
 
 

@@ -529,9 +529,11 @@ CROP_MODES = ("center", "squash", "border")
 
 
 def interpolation_mode(name: str) -> T.InterpolationMode:
+    """torchvision's mode for timm's name; "nearest" is torchvision's ``nearest-exact``, which picks PIL's
+    pixels (its ``nearest`` keeps an older, shifted convention)."""
     if name not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {name!r}")
-    return T.InterpolationMode(name)
+    return T.InterpolationMode.NEAREST_EXACT if name == "nearest" else T.InterpolationMode(name)
 
 
 class EvalTransform:
