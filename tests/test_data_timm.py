@@ -288,3 +288,12 @@ def test_repvgg_200_epoch_recipe_uses_the_papers_autoaugment_policy():
 
     cfg = from_dict(load_recipe("repvgg_200ep"))
     assert cfg.aa == "original" and isinstance(parse_aa(cfg.aa), AutoAugment)
+
+
+def test_autoaugment_and_a_progressive_randaugment_schedule_are_refused_together():
+    from moderncnn.data.datasets import TensorImageDataset
+
+    data = TensorImageDataset(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.arange(4) % 2, ("a", "b"))
+    cfg = TrainConfig(model="efficientnetv2_s", progressive="official", epochs=4, aa="v0")
+    with pytest.raises(ConfigError, match="is AutoAugment: the run would apply both"):
+        build_data(cfg, data, data)

@@ -85,8 +85,9 @@ def build_data(cfg: TrainConfig, train: Dataset | None = None, val: Dataset | No
                           f"but --aa {cfg.aa} clips magnitudes at {clip:g} (timm's default mmax is 10); add "
                           "-mmax<largest magnitude> to --aa")
     if prog and train_transform.autoaugment is not None and max(s.ra_magnitude for s in prog.stages) > 0:
-        raise ConfigError(f"--progressive schedules a RandAugment magnitude, and --aa {cfg.aa} is AutoAugment: the "
-                          "run would apply both; use a RandAugment --aa (rand-...), or prog_ra_magnitude: [0, 0] in the recipe")
+        raise ConfigError(f"--progressive schedules a RandAugment magnitude, and --aa {cfg.aa} is AutoAugment: "
+                          "the run would apply both; use a RandAugment --aa (rand-...), or prog_ra_magnitude: "
+                          "[0, 0] in the recipe")
     eval_transform = build_eval_transform(eval_img_size, **chans, crop_pct=settings["crop_pct"],
                                           interpolation=settings["interpolation"], crop_mode=settings["crop_mode"])
     data = assemble(train, val, train_transform, eval_transform, seed=cfg.seed, train_samples=cfg.train_samples,
