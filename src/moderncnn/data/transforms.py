@@ -103,8 +103,8 @@ def _posterize(img: torch.Tensor, s: float, increasing: bool) -> torch.Tensor:
 
 
 def _posterize_paper(img: torch.Tensor, s: float, increasing: bool) -> torch.Tensor:
-    # the AutoAugment paper's range (Cubuk et al., CVPR 2019, Table 1: "number of bits" 4..8), timm's
-    # PosterizeOriginal: keep int(4 s) + 4 bits
+    # the AutoAugment paper's range (Cubuk et al., CVPR 2019, its list of operations: posterize to 4..8
+    # bits), timm's PosterizeOriginal: keep int(4 s) + 4 bits
     bits = int(4 * s) + 4
     return img if bits >= 8 else F.posterize(img, bits)
 
@@ -272,7 +272,7 @@ def rand_augment(aa: str) -> RandAugment:
 
 # AutoAugment sub-policies as (op, probability, magnitude 0-10) pairs, op names in timm's spelling (TF's, with
 # timm's posterize variants). 'original': the ImageNet policy of the AutoAugment paper (Cubuk et al., CVPR 2019,
-# Appendix, Table 9). 'v0': the ImageNet policy of TensorFlow's EfficientNet code (tpu/models/official/
+# appendix). 'v0': the ImageNet policy of TensorFlow's EfficientNet code (tpu/models/official/
 # efficientnet/autoaugment.py, policy_v0), which timm also calls v0. Their 'r' forms ('v0r', 'originalr') swap
 # posterize for the variant whose bits discarded grow with the magnitude (TF research code), as timm does.
 _V0 = (
