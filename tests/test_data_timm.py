@@ -53,9 +53,12 @@ def test_imagefolder_class_order_is_timms_natural_order(tmp_path):
     from timm.data.readers.reader_image_folder import ReaderImageFolder
 
     _folder(tmp_path, NUMBERED, per_class=1)
+    for name in ("img10.png", "IMG3.png"):
+        Image.fromarray(_image(7)).save(tmp_path / "train" / "class2" / name)
     ours = ImageFolderDataset(tmp_path / "train")
     timms = ReaderImageFolder(str(tmp_path / "train"))
     assert {c: i for i, c in enumerate(ours.classes)} == timms.class_to_idx
+    assert [(str(p), t) for p, t in ours.samples] == timms.samples  # same samples in the same order
     assert ours.classes.index("class2") < ours.classes.index("class10")  # plain sorting puts class10 first
     assert sorted(NUMBERED).index("class10") < sorted(NUMBERED).index("class2")
 
@@ -69,8 +72,7 @@ def test_class_map_restricts_and_orders_classes_like_timm(tmp_path):
     ours = ImageFolderDataset(tmp_path / "train", class_map=str(class_map))
     timms = ReaderImageFolder(str(tmp_path / "train"), class_map=str(class_map))
     assert {c: i for i, c in enumerate(ours.classes)} == timms.class_to_idx
-    as_set = sorted((p.relative_to(tmp_path / "train").as_posix(), int(t)) for p, t in ours.samples)
-    assert as_set == sorted((str(p.split("train/")[1]), t) for p, t in timms.samples)
+    assert [(str(p), t) for p, t in ours.samples] == timms.samples
     assert len(ours) == 9 and ours.classes == ("fox", "cat", "eel")  # dog's folder is left out
     with pytest.raises(DataError, match="line 2 is empty"):
         bad = tmp_path / "bad.txt"
@@ -204,7 +206,8 @@ def test_hfds_folder_reads_images_labels_and_trains(tmp_path, capsys):
     image, label = train[4]
     assert torch.equal(image, torch.from_numpy(_image(4)).permute(2, 0, 1)) and label == 4 % 3
     run = tmp_path / "run"
-    assert main(["train", *TINY, "--dataset", "hfds", "--data-dir", str(tmp_path / "hf"), "--output", str(run)]) == 0
+    assert main(["train", *TINY, "--dataset", "hfds", "--data-dir", str(tmp_path / "hf"), "-j", "1",
+                 "--output", str(run)]) == 0
     assert (run / "last.safetensors").is_file()
     cm = tmp_path / "map.txt"
     cm.write_text("cow\nant\n")
@@ -297,3 +300,19 @@ def test_autoaugment_and_a_progressive_randaugment_schedule_are_refused_together
     cfg = TrainConfig(model="efficientnetv2_s", progressive="official", epochs=4, aa="v0")
     with pytest.raises(ConfigError, match="is AutoAugment: the run would apply both"):
         build_data(cfg, data, data)
+
+
+def test_large_in_memory_data_is_not_resized_up_front(monkeypatch):
+    """CIFAR at a pretrained_cfg's 224 px would be a 7.5 GB copy if resized once; above the limit the
+    transforms resize per sample instead (same pixels)."""
+    import moderncnn.data.assembly as assembly
+    from moderncnn.data.datasets import TensorImageDataset
+
+    data = TensorImageDataset(torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8), torch.arange(4) % 2, ("a", "b"))
+    cfg = TrainConfig(model="convnext_atto", dataset="cifar10", img_size=16, train_crop="pad", crop_pct=1.0)
+    resized = build_data(cfg, data, data)
+    assert resized.data.val_set.base.image_size == 16 and resized.data.train_set.base.image_size == 16
+    monkeypatch.setattr(assembly, "_RESIZE_ONCE_BYTES", 4 * 3 * 16 * 16 - 1)
+    per_sample = build_data(cfg, data, data)
+    assert per_sample.data.val_set.base is data and per_sample.data.train_set.base is data
+    assert torch.equal(per_sample.data.val_set[1][0], resized.data.val_set[1][0])

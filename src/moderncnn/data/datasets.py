@@ -280,9 +280,9 @@ class ImageFolderDataset(Dataset):
             )
         samples: list[tuple[Path, int]] = []
         for d in class_dirs:
-            files = sorted(
-                f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-            )
+            files = sorted(  # natural order too, so sample i is timm's sample i (img2 before img10)
+                (f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS),
+                key=lambda f: natural_key(f.relative_to(d).as_posix()))
             samples.extend((f, index[d.name]) for f in files)
         if not samples:
             raise DataError(
