@@ -141,6 +141,7 @@ def test_autoaugment_strings_are_checked():
 @pytest.mark.parametrize("name, args", [
     ("convnext_atto", {}), ("convnext_tiny", {}), ("repvgg_a0", {}), ("tf_efficientnetv2_b3", {}),
     ("repvgg_a0", {"img_size": 64, "interpolation": "bicubic", "crop_pct": 0.9}),
+    ("convnext_atto", {"mean": (0.5,), "std": (0.25,)}),
 ])
 def test_imagefolder_run_resolves_timms_data_config(tmp_path, name, args):
     from timm.data import resolve_data_config
@@ -277,6 +278,11 @@ def test_wds_shards_read_by_pattern_or_name_and_train(tmp_path):
     assert torch.equal(image, torch.from_numpy(_image(13)).permute(2, 0, 1)) and label == 13 % 3
     val = load_dataset("wds", data_dir=str(tmp_path / "wds"), split="validation")  # finds val-*.tar
     assert len(val) == 9
+    assert len(load_dataset(f"wds/{tmp_path / 'wds'}", split="val")) == 9  # wds/DIR without --data-dir
+    cm = tmp_path / "map.txt"
+    cm.write_text("2\n0\n")
+    mapped = load_dataset("wds", data_dir=str(tmp_path / "wds"), split="train", class_map=str(cm))
+    assert mapped.classes == ("2", "0") and len(mapped) == 16 and mapped.labels.tolist()[:3] == [1, 0, 1]
     with pytest.raises(DataError, match="2 of 4 shards do not exist"):
         load_dataset("wds", data_dir=str(tmp_path / "wds"), split="train-{001..004}.tar")
     run = tmp_path / "run"

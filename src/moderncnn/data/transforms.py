@@ -642,11 +642,17 @@ def resolve_data_config(pretrained_cfg: dict, *, img_size: int | None = None, me
     bicubic, center). Returns timm's keys (``input_size`` as (C, H, W))."""
     cfg = pretrained_cfg or {}
     size = cfg.get("input_size") or (3, 224, 224)
+
+    def per_channel(given: Sequence[float] | None, key: str, default: tuple) -> tuple:
+        if given is None:
+            return tuple(cfg.get(key) or default)
+        return tuple(given) * size[0] if len(given) == 1 else tuple(given)  # one value: every channel, as timm
+
     return {
         "input_size": (size[0], img_size, img_size) if img_size else tuple(size),
         "interpolation": interpolation or cfg.get("interpolation") or "bicubic",
-        "mean": tuple(mean) if mean is not None else tuple(cfg.get("mean") or IMAGENET_MEAN),
-        "std": tuple(std) if std is not None else tuple(cfg.get("std") or IMAGENET_STD),
+        "mean": per_channel(mean, "mean", IMAGENET_MEAN),
+        "std": per_channel(std, "std", IMAGENET_STD),
         "crop_pct": crop_pct or cfg.get("crop_pct") or 0.875,
         "crop_mode": crop_mode or cfg.get("crop_mode") or "center",
     }

@@ -72,7 +72,7 @@ def build_data(cfg: TrainConfig, train: Dataset | None = None, val: Dataset | No
     eval_img_size = cfg.eval_img_size or (int(prog.size[1]) if prog else img_size)
     mean, std = settings["mean"], settings["std"]
     in_chans = cfg.in_chans or train.in_chans
-    if len(mean) not in (1, in_chans):
+    if cfg.mean is not None and len(mean) not in (1, in_chans):  # RGB statistics of a model average for gray
         raise ConfigError(f"--mean/--std give {len(mean)} values for {in_chans}-channel input; give one per "
                           "channel (or one for all)")
     chans = dict(in_chans=in_chans, source_chans=train.in_chans, mean=mean, std=std)
