@@ -217,11 +217,26 @@ def test_hfds_folder_reads_images_labels_and_trains(tmp_path, capsys):
 
 
 def test_hfds_columns_are_detected_or_named(tmp_path):
+    datasets = pytest.importorskip("datasets")
     _hf_folder(tmp_path / "hf", image_col="img", label_col="fine_label", n=6)
     ds = load_dataset("hfds", data_dir=str(tmp_path / "hf"), split="validation")  # first Image / ClassLabel
     assert ds.image_key == "img" and len(ds) == 6
     with pytest.raises(DataError, match="no column 'pixels'"):
         load_dataset("hfds", data_dir=str(tmp_path / "hf"), split="train", input_key="pixels")
+    # plain integer and string labels, under other names, chosen with --input-key/--target-key
+    rows = {"picture": [_png(_image(i)) for i in range(4)], "y": [3, 1, 3, 0], "name": ["b", "a10", "a2", "b"]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "plain"))
+    ints = load_dataset("hfds", data_dir=str(tmp_path / "plain"), split="train", input_key="picture", target_key="y")
+    assert ints.classes == ("0", "1", "2", "3") and ints.labels.tolist() == [3, 1, 3, 0]
+    assert torch.equal(ints[2][0], torch.from_numpy(_image(2)).permute(2, 0, 1))
+    names = load_dataset(f"hfds/{tmp_path / 'plain'}", split="train", input_key="picture", target_key="name")
+    assert names.classes == ("a2", "a10", "b") and names.labels.tolist() == [2, 1, 0, 2]
+    with pytest.raises(DataError, match="holds one split"):
+        load_dataset("hfds", data_dir=str(tmp_path / "plain"), split="validation", input_key="picture")
+    datasets.Dataset.from_dict({"image": rows["picture"], "label": [0, -1, 1, 0]}).save_to_disk(
+        str(tmp_path / "unlabelled"))
+    with pytest.raises(DataError, match="negative labels"):
+        load_dataset("hfds", data_dir=str(tmp_path / "unlabelled"), split="train")
 
 
 def test_hfds_reads_a_local_folder_of_data_files_through_the_cache(tmp_path):

@@ -144,7 +144,10 @@ class HfImageDataset(_LabelledFiles):
             if key not in features:
                 raise DataError(f"{name} has no column {key!r} ({flag}); its columns: {', '.join(features)}")
         label_feature = features[label_key]
-        raw = ds[label_key]  # the whole column at once (Arrow), not row by row
+        raw = list(ds[label_key])  # the whole column at once (Arrow), not row by row
+        if any(isinstance(v, int) and v < 0 for v in raw):
+            raise DataError(f"{name}: column {label_key!r} holds negative labels (-1 marks an unlabelled sample, "
+                            "as in the test splits of some Hub data sets); choose a labelled split")
         if isinstance(label_feature, datasets.ClassLabel):
             own: tuple[str, ...] | None = tuple(label_feature.names)
             names = [own[int(v)] for v in raw]
