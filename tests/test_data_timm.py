@@ -210,6 +210,11 @@ def test_hfds_folder_reads_images_labels_and_trains(tmp_path, capsys):
     assert main(["train", *TINY, "--dataset", "hfds", "--data-dir", str(tmp_path / "hf"), "-j", "1",
                  "--output", str(run)]) == 0
     assert (run / "last.safetensors").is_file()
+    head, tail = (load_dataset("hfds", data_dir=str(tmp_path / "hf"), split=s) for s in ("train[:75%]", "train[75%:]"))
+    assert (len(head), len(tail)) == (18, 6) and torch.equal(tail[0][0], train[18][0])
+    assert len(load_dataset("hfds", data_dir=str(tmp_path / "hf"), split="train[:4]+validation")) == 28
+    with pytest.raises(DataError, match="slices .* are read for hfds data sets only"):
+        load_dataset("imagefolder", data_dir=str(tmp_path), split="train[:50%]")
     cm = tmp_path / "map.txt"
     cm.write_text("cow\nant\n")
     mapped = load_dataset(f"hfds/{tmp_path / 'hf'}", split="train", class_map=str(cm))
@@ -337,3 +342,19 @@ def test_large_in_memory_data_is_not_resized_up_front(monkeypatch):
     per_sample = build_data(cfg, data, data)
     assert per_sample.data.val_set.base is data and per_sample.data.train_set.base is data
     assert torch.equal(per_sample.data.val_set[1][0], resized.data.val_set[1][0])
+
+
+def test_timm_data_flags_reach_the_config():
+    from moderncnn.cli import build_parser
+    from moderncnn.training.cli import config_from_args
+
+    args = build_parser("train").parse_args(
+        ["train", "--dataset", "hfds/user/set", "--train-split", "train[:90%]", "--val-split", "test",
+         "--class-map", "map.txt", "--input-key", "img", "--target-key", "fine_label", "--interpolation", "bicubic",
+         "--aa", "v0r"])
+    cfg = config_from_args(args)
+    assert (cfg.dataset, cfg.train_split, cfg.val_split, cfg.class_map, cfg.input_key, cfg.target_key,
+            cfg.interpolation, cfg.aa) == ("hfds/user/set", "train[:90%]", "test", "map.txt", "img", "fine_label",
+                                           "bicubic", "v0r")
+    with pytest.raises(ConfigError, match=r"interpolation \(--interpolation\) must be one of bilinear, bicubic"):
+        TrainConfig(interpolation="lanczos")

@@ -378,7 +378,7 @@ def decode_image(path: str | os.PathLike) -> torch.Tensor:
 
 def split_folder(root: Path, split: str) -> Path | None:
     """``root/<split>``, else the first of its role's synonyms that exists (:func:`split_candidates`)."""
-    for sub in split_candidates(split.split("[")[0]):
+    for sub in split_candidates(split):
         if (root / sub).is_dir():
             return root / sub
     return None
@@ -457,12 +457,19 @@ def load_dataset(
     ``skip_bad_images``: skip undecodable image files instead of stopping (image folders)."""
     key = dataset_key(name)
     split = str(split)
-    if key in ("hfds", "wds"):
-        from .readers import load_hfds, load_wds
+    if key == "hfds":
+        from .readers import load_hfds
 
-        loader = load_hfds if key == "hfds" else load_wds
-        return loader(name, data_dir, split, classes=classes, class_map=class_map, input_key=input_key,
-                      target_key=target_key)
+        return load_hfds(name, data_dir, split, classes=classes, class_map=class_map, input_key=input_key,
+                         target_key=target_key)
+    if "[" in split:  # timm's imagefolder would silently drop the slice and read the whole split
+        raise DataError(f"split {split!r}: slices (train[:90%]) are read for hfds data sets only; for {key} use "
+                        "--train-samples/--val-samples, or a folder (shard pattern) per split")
+    if key == "wds":
+        from .readers import load_wds
+
+        return load_wds(name, data_dir, split, classes=classes, class_map=class_map, input_key=input_key,
+                        target_key=target_key)
     if key == "imagefolder":
         return _imagefolder(data_dir, split, classes, skip_bad_images, class_map)
     if class_map is not None:

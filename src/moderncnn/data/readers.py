@@ -131,6 +131,18 @@ def _pick_split(dd: Any, split: str, where: str) -> Any:
                     f"{', '.join(dd)}. Name them with --train-split/--val-split.")
 
 
+def _slice_splits(datasets: Any, dd: Any, split: str, where: str) -> Any:
+    """``train[:90%]``, ``train[90%:]+validation``...: the datasets library's split syntax, read by its own
+    ``ReadInstruction`` (so a saved folder slices as ``load_dataset`` slices a Hub data set)."""
+    try:
+        parts = datasets.ReadInstruction.from_spec(split).to_absolute({k: len(v) for k, v in dd.items()})
+    except (ValueError, KeyError, AssertionError) as e:
+        raise DataError(f"{where}: cannot read split {split!r} ({e}); its splits: {', '.join(dd)}, sliced like "
+                        "train[:90%] or train[100:200], joined with +") from None
+    pieces = [dd[p.splitname].select(range(p.from_, p.to)) for p in parts]
+    return pieces[0] if len(pieces) == 1 else datasets.concatenate_datasets(pieces)
+
+
 class HfImageDataset(_LabelledFiles):
     """One split of a Hugging Face ``datasets.Dataset`` with an image column and a class column."""
 
@@ -198,7 +210,9 @@ def load_hfds(name: str, data_dir: str | None, split: str, *, classes: Sequence[
             saved = datasets.load_from_disk(str(local))
         except Exception as e:  # datasets raises FileNotFoundError, ValueError... for damaged folders
             raise DataError(f"cannot read the saved data set {local}: {type(e).__name__}: {e}") from None
-        if isinstance(saved, datasets.DatasetDict):
+        if isinstance(saved, datasets.DatasetDict) and ("[" in split or "+" in split):
+            ds = _slice_splits(datasets, saved, split, str(local))
+        elif isinstance(saved, datasets.DatasetDict):
             ds = _pick_split(saved, split, str(local))
         elif split_role(split) == "train":  # a lone Dataset: the training split only
             ds = saved
