@@ -91,6 +91,8 @@ def _relabel(names: list[str], class_names: tuple[str, ...] | None, classes: Seq
             raise DataError(f"{where} has labels that the training split does not have: {', '.join(foreign[:10])} "
                             f"(training classes: {', '.join(order[:10])}{' ...' if len(order) > 10 else ''})")
     keep = [i for i, n in enumerate(names) if n in index]
+    if not names:
+        raise DataError(f"{where} holds no samples")
     if not keep:
         raise DataError(f"{where}: no sample has a class of the class map ({', '.join(order[:10])})")
     return keep, torch.tensor([index[names[i]] for i in keep], dtype=torch.long), tuple(order)
