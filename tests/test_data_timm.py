@@ -13,11 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
+from moderncnn import create_model
 from moderncnn.cli import main
 from moderncnn.data.datasets import ImageFolderDataset, load_class_map, load_dataset, load_splits
 from moderncnn.data.readers import expand_braces
 from moderncnn.data.transforms import _AA_OPS, _OPS, AA_POLICIES, AutoAugment, parse_aa
 from moderncnn.errors import ConfigError, DataError
+from moderncnn.registry import default_pretrained_cfg
 from moderncnn.training.build import build_data
 from moderncnn.training.config import TrainConfig
 
@@ -150,7 +152,10 @@ def test_imagefolder_run_resolves_timms_data_config(tmp_path, name, args):
     _folder(tmp_path, ["a", "b"], split="val")
     cfg = TrainConfig(model=name, dataset="imagefolder", data_dir=str(tmp_path), **args)
     run = build_data(cfg)
-    expected = resolve_data_config(args=dict(args), model=timm.create_model(name))
+    with torch.device("meta"):  # the models' pretrained_cfg without allocating weights
+        theirs, ours = timm.create_model(name), create_model(name)
+    expected = resolve_data_config(args=dict(args), model=theirs)
+    assert default_pretrained_cfg(name) == ours.pretrained_cfg  # what build_data read
     ev = run.data.val_set.transform
     got = dict(input_size=(3, run.data.train_transform.img_size, ev.img_size), interpolation=ev.interpolation,
                mean=run.mean, std=run.std, crop_pct=ev.crop_pct, crop_mode=ev.crop_mode)
