@@ -363,3 +363,19 @@ def test_timm_data_flags_reach_the_config():
                                            "bicubic", "v0r")
     with pytest.raises(ConfigError, match=r"interpolation \(--interpolation\) must be one of bilinear, bicubic"):
         TrainConfig(interpolation="lanczos")
+
+
+def test_eval_reads_another_split_and_transform_settings(tmp_path, capsys):
+    _folder(tmp_path / "data", ["a", "b"], per_class=4)
+    _folder(tmp_path / "data", ["a", "b"], per_class=2, split="val")
+    _folder(tmp_path / "data", ["a", "b"], per_class=3, split="holdout")
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
+                 "--output", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run)]) == 0
+    assert "(4 imagefolder val images at 16 px)" in capsys.readouterr().out  # the run's split: val/
+    assert main(["eval", "--checkpoint", str(run), "--split", "holdout", "--interpolation", "nearest"]) == 0
+    assert "(6 imagefolder val images at 16 px)" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(run), "--crop-pct", "1.5"]) == 2
+    assert "crop_pct (--crop-pct) must be a number in (0, 1]" in capsys.readouterr().err

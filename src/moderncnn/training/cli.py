@@ -117,6 +117,18 @@ _TRAIN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
 ]
 
 
+# -- data sets and transforms as timm (issue 12): what `eval` may read differently from the run's config --
+# (timm's validate.py calls the split --split; both spellings are taken)
+_EVAL_DATA_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
+    (("--val-split", "--split"), "val_split", dict(help="split to evaluate (default: the run's, else validation)")),
+    (("--class-map",), "class_map", dict(help="text file of class names, one per line")),
+    (("--input-key",), "input_key", dict()),
+    (("--target-key",), "target_key", dict()),
+    (("--interpolation",), "interpolation", dict(choices=["bilinear", "bicubic", "nearest"])),
+    (("--crop-pct",), "crop_pct", dict(type=float)),
+]
+
+
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", "-c", "--config", dest="recipe",
                    help=f"recipe name ({', '.join(list_recipes())}) or a YAML file")
@@ -161,7 +173,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, img_size=args.img_size,
                         batch_size=args.batch_size, workers=args.workers, val_samples=args.val_samples,
-                        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+                        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                        data_options={dest: getattr(args, dest) for _, dest, _ in _EVAL_DATA_FLAGS})
     return 0
 
 
@@ -207,6 +220,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("-j", "--workers", type=int, default=0)
     e.add_argument("--val-samples", type=int, default=None)
     e.add_argument("--device", default=None)
+    for flags, dest, kw in _EVAL_DATA_FLAGS:
+        e.add_argument(*flags, dest=dest, default=None, **kw)
     e.set_defaults(func=_run_eval)
 
     d = subparsers.add_parser("demo", help="train a small RepVGG on Fashion-MNIST on the CPU, then fuse it")

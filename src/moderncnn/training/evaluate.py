@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,9 +54,13 @@ def evaluate_checkpoint(
     val_samples: int | None = None,
     device: str = "cpu",
     verbose: bool = True,
+    data_options: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Top-1/top-5 (and loss) of a run folder's weights (``best``, else ``last``; raw and EMA), or of one
-    weights file written by ``moderncnn train``. Returns ``{"raw": {...}, "ema": {...}}``."""
+    weights file written by ``moderncnn train``. Returns ``{"raw": {...}, "ema": {...}}``.
+
+    ``data_options``: training options that replace the run's for this evaluation (``val_split``,
+    ``class_map``, ``input_key``, ``target_key``, ``interpolation``, ``crop_pct``; docs/training.md, "Data")."""
     from ..data.assembly import AugmentedDataset, random_subset
     from ..data.datasets import check_eval_classes, load_dataset
     from ..data.transforms import build_eval_transform
@@ -77,7 +82,7 @@ def evaluate_checkpoint(
         raise CheckpointError(f"checkpoint {path} does not exist")
     cfg = from_dict(read_yaml(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else TrainConfig()
     dataset = dataset or cfg.dataset
-    cfg = cfg.replace(dataset=dataset)
+    cfg = cfg.replace(dataset=dataset, **{k: v for k, v in (data_options or {}).items() if v is not None})
     ds = load_dataset(dataset, data_dir=data_dir if data_dir is not None else cfg.data_dir, split=cfg.val_split,
                       class_map=cfg.class_map, input_key=cfg.input_key, target_key=cfg.target_key)
     results: dict[str, dict[str, float]] = {}
