@@ -12,24 +12,25 @@ import pytest
 import torch
 
 from moderncnn.errors import CheckpointError
+from moderncnn.interop import io as atomic_io
 from moderncnn.training import checkpoint as ck
 
 
 def test_atomic_write_failure_leaves_the_old_file_and_no_temp(tmp_path):
     target = tmp_path / "last.state.pt"
-    ck.atomic_write_text(target, "old")
+    atomic_io.atomic_write_text(target, "old")
 
     def half_then_crash(tmp):
         tmp.write_text("partial")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        ck.atomic_write(target, half_then_crash)
+        atomic_io.atomic_write(target, half_then_crash)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["last.state.pt"]
     # a first write that fails leaves nothing at all
     with pytest.raises(OSError):
-        ck.atomic_write(tmp_path / "new.safetensors", half_then_crash)
+        atomic_io.atomic_write(tmp_path / "new.safetensors", half_then_crash)
     assert not (tmp_path / "new.safetensors").exists()
 
 

@@ -55,7 +55,7 @@ BAD = [
     (["eval", "--checkpoint", "{tmp}/run", "--val-samples", "0"], r"--val-samples must be an integer >= 1"),
     (["eval", "--checkpoint", "{tmp}/run", "-b", "0"], r"--batch-size must be an integer >= 1, got 0"),
     (["eval", "--checkpoint", "{tmp}/nowhere"], r"nowhere does not exist"),
-    (["eval", "--checkpoint", "{tmp}/run", "--device", "bogus"], r"--device 'bogus' is not a device"),
+    (["eval", "--checkpoint", "{tmp}/run", "--device", "bogus"], r"--device must be cpu, cuda or cuda:N, got 'bogus'"),
     # bench
     (["bench", "convnext_atto", "--iters", "0"], r"--iters must be an integer >= 1, got 0"),
     (["bench", "convnext_atto", "--rounds", "0"], r"--rounds must be an integer >= 1, got 0"),

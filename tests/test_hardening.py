@@ -58,7 +58,7 @@ BAD_OPTIONS = [
     ({"model_kwargs": {"drop_path_rate": 0.1}}, r"drop_path_rate=\.\.\. duplicates --drop-path"),
     ({"model_kwargs": "dims=3"}, r"model_kwargs \(--model-kwargs\) must be a mapping"),
     ({"prog_stages": 2, "prog_batch_sizes": [8]}, r"prog_batch_sizes has 1 values for 2 progressive stages"),
-    ({"aa": "auto"}, r"--aa 'auto': only RandAugment is supported"),
+    ({"aa": "auto"}, r"--aa 'auto': only RandAugment \(.*\) and the AutoAugment policies v0, v0r, original"),
     ({"amp": "yes"}, r"amp \(--amp\) must be true or false, got 'yes'"),
     ({"crop_pct": 0.0}, r"crop_pct \(--crop-pct\) must be a number in \(0, 1\]"),
     ({"eval_interval": 0}, r"eval_interval .* >= 1"),

@@ -96,3 +96,20 @@ def test_plot_writes_png(tmp_path):
     path = from_model("m", 20).plot(str(tmp_path / "progressive.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_random_mode_draws_sizes_with_matching_regularization():
+    kw = dict(size=(32, 64), ra_magnitude=(2, 10), mixup=(0, 0.2), cutmix=0.0, dropout=(0.1, 0.3), mode="random")
+    sched = ProgressiveSchedule(8, num_stages=4, seed=3, **kw)
+    stages = sched.stages
+    sizes = [s.img_size for s in stages]
+    assert all(32 <= n <= 64 for n in sizes)
+    # each regularizer sits where the drawn size sits in its range: larger image, stronger regularization
+    for s in stages:
+        t = (s.ra_magnitude - 2) / 8
+        assert s.img_size == round(32 + 32 * t)
+        assert s.dropout == pytest.approx(0.1 + 0.2 * t) and s.mixup_alpha == pytest.approx(0.2 * t)
+    assert ProgressiveSchedule(8, num_stages=4, seed=3, **kw).stages == stages  # a resume rebuilds the same draw
+    assert [s.img_size for s in ProgressiveSchedule(8, num_stages=4, seed=4, **kw).stages] != sizes
+    assert ProgressiveSchedule.from_dict(sched.to_dict()) == sched
+    assert [s.img_size for s in from_model("s", 8, "random", seed=3).stages] != [128, 185, 243, 300]

@@ -260,3 +260,12 @@ def test_bf16_autocast_channels_last_and_compile_train(tmp_path, opts):
     assert before.keys() == after.keys()
     assert all(torch.isfinite(v).all() for v in after.values())
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_max_steps_mid_epoch_evaluates_the_current_model(tmp_path):
+    # epoch 1 ends without an evaluation (--eval-interval 2), --max-steps stops inside epoch 2: the result's last
+    # metrics must be an evaluation of the model at the stop, not epoch 1's row (which has none)
+    tr, va = data()
+    result = train(tiny_config(tmp_path, epochs=2, eval_interval=2, max_steps=7), train_dataset=tr, val_dataset=va)
+    assert result.global_step == 7
+    assert "eval_top1" in result.last_metrics

@@ -111,12 +111,25 @@ def build_model(name: str, **options: Any) -> nn.Module:
     cfg = resolve_config(name, **options)
     model = entry.model_cls(cfg)
     model.model_name = name
-    test_size = entry.test_input_size or entry.input_size
-    model.pretrained_cfg = {
-        "architecture": name,
-        "family": entry.family,
-        "input_size": (cfg.in_chans, entry.input_size, entry.input_size),
-        "test_input_size": (cfg.in_chans, test_size, test_size),
-        "num_classes": cfg.num_classes,
-    }
+    model.pretrained_cfg = _pretrained_cfg_base(entry, cfg.in_chans, cfg.num_classes)
     return model
+
+
+def _pretrained_cfg_base(entry: ModelEntry, in_chans: int, num_classes: int) -> dict[str, Any]:
+    test_size = entry.test_input_size or entry.input_size
+    return {
+        "architecture": entry.name,
+        "family": entry.family,
+        "input_size": (in_chans, entry.input_size, entry.input_size),
+        "test_input_size": (in_chans, test_size, test_size),
+        "num_classes": num_classes,
+    }
+
+
+def default_pretrained_cfg(name: str) -> dict[str, Any]:
+    """The ``pretrained_cfg`` a model ``name`` carries (3 input channels, its default class count), without
+    building it: what the trainer's data transforms default to (docs/training.md, "Data")."""
+    from .models.pretrained_cfgs import pretrained_cfg_for
+
+    entry = get_entry(name)
+    return pretrained_cfg_for(name, entry.family, _pretrained_cfg_base(entry, 3, entry.cfg.num_classes))

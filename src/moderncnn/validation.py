@@ -199,16 +199,27 @@ def check_model_options(name: str, cfg: Any, base: Any) -> None:
 
 
 # -- the environment ---------------------------------------------------------------------------------
+def device_syntax(name: str, what: str = "--device") -> Any:
+    """A ``torch.device`` for ``name`` when it names a CPU or CUDA device, whether or not this machine has it
+    (a config may be written here for a GPU machine); ``what`` names the option in the error."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{what} must be cpu, cuda or cuda:N, got {name!r}")
+    return dev
+
+
 def check_device(name: str | None) -> Any:
     """A ``torch.device`` for ``name`` that exists on this machine (``None``: cuda if available, else cpu)."""
     import torch
 
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"--device {name!r} is not a device; expected cpu, cuda or cuda:N") from None
+    dev = device_syntax(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {name}: this machine has no CUDA device "
@@ -216,8 +227,6 @@ def check_device(name: str | None) -> Any:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                               f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    elif dev.type != "cpu":
-        raise ConfigError(f"--device {name!r}: moderncnn runs on cpu or cuda")
     return dev
 
 
@@ -270,4 +279,4 @@ def parse_kv(text: str, flag: str = "--model-kwargs") -> tuple[str, Any]:
 
 
 __all__ = ["Choice", "Flag", "Number", "Text", "Tuple", "check_device", "check_model_options", "check_output_dir",
-           "check_output_file", "parse_kv"]
+           "check_output_file", "device_syntax", "parse_kv"]

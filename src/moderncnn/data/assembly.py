@@ -81,6 +81,15 @@ def random_subset(n: int, limit: int | None, seed: int) -> list[int] | None:
     return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()[:limit])
 
 
+# in-memory data is resized once only while the copy stays this small: CIFAR at a pretrained_cfg's 224-288 px
+# would take 7-12 GB (docs/training.md, "Data"); larger copies are resized per sample instead
+_RESIZE_ONCE_BYTES = 1 << 30
+
+
+def _fits(data: Any, size: int) -> bool:
+    return len(data) * data.in_chans * size * size <= _RESIZE_ONCE_BYTES
+
+
 @dataclass
 class TrainData:
     train_set: AugmentedDataset
@@ -103,14 +112,14 @@ def assemble(train: Any, val: Any, train_transform: TrainTransform, eval_transfo
     t = train_transform
     batch_transform = None
     if fixed_size and hasattr(train, "resized"):
-        if t.crop == "pad":
+        if t.crop == "pad" and _fits(train, t.img_size):
             train = train.resized(t.img_size)
             chans = t.to_input.source_chans, t.to_input.in_chans
-            if t.ra_magnitude == 0 and t.re_prob == 0 and chans[0] in (1, chans[1]):
+            if t.ra_magnitude == 0 and t.autoaugment is None and t.re_prob == 0 and chans[0] in (1, chans[1]):
                 batch_transform = BatchPadCropFlip(t.img_size, in_chans=chans[1], source_chans=chans[0],
                                                    pad=t.pad, hflip=t.hflip, mean=t.mean, std=t.std)
-        if eval_transform.crop_pct >= 1.0:
-            val = val.resized(eval_transform.img_size)
+        if eval_transform.crop_pct >= 1.0 and _fits(val, eval_transform.img_size):
+            val = val.resized(eval_transform.img_size, interpolation=eval_transform.interpolation)
     train_set = AugmentedDataset(train, random_subset(len(train), train_samples, seed),
                                  None if batch_transform else t, seed=seed, return_key=batch_transform is not None)
     val_set = AugmentedDataset(val, random_subset(len(val), val_samples, seed + 1), eval_transform, seeded=False)

@@ -3,8 +3,14 @@
 - ``fashion-mnist``: Zalando's Fashion-MNIST (Xiao et al., 2017), 60,000 train / 10,000 test 28x28 grayscale
   images in 10 balanced classes, read from the IDX files of the Debian package ``dataset-fashion-mnist``
   (``/usr/share/datasets/fashion-mnist``) or a ``--data-dir``; no download. Held in memory as one tensor.
-- ``imagefolder``: ``data_dir/train/<class>/*.png|jpg|...`` and ``data_dir/val/<class>/...``.
+- ``imagefolder``: ``data_dir/<split>/<class>/*.png|jpg|...``; the split names are timm's (``train`` and
+  ``validation``; :func:`split_folder` also finds ``val/``, ``valid/``, ``eval/``, ``test/``...). Classes are
+  the folder names in natural order, as timm sorts them (``class2`` before ``class10``).
 - ``cifar10`` / ``cifar100``: torchvision's CIFAR readers on ``data_dir``; downloaded only when asked.
+- ``hfds/NAME``, ``hfds`` and ``wds``: Hugging Face datasets and WebDataset tar shards (``data/readers.py``).
+
+A class map (timm's ``--class-map``: a text file of class names, one per line, the line number being the
+index, or a ``{name: index}`` dict) restricts and orders the classes of the image-file data sets.
 
 Every dataset has ``num_classes``, ``in_chans``, ``classes``, ``image_size`` (native size; None when it varies)
 and an optional ``transform`` applied to the uint8 image in ``__getitem__``.
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import tempfile
 import warnings
 import weakref
@@ -38,17 +45,82 @@ __all__ = [
     "check_splits",
     "dataset_key",
     "decode_image",
+    "load_class_map",
     "load_dataset",
     "load_splits",
+    "natural_key",
+    "split_folder",
+    "split_role",
 ]
 
-DATASETS = ("fashion-mnist", "imagefolder", "cifar10", "cifar100")
+DATASETS = ("fashion-mnist", "imagefolder", "cifar10", "cifar100", "hfds", "wds")
+# RGB image files of any size, whose transforms default to the model's pretrained_cfg (docs/training.md, "Data")
+FILE_DATASETS = ("imagefolder", "cifar10", "cifar100", "hfds", "wds")
+# timm's split synonyms: a split name not found as given is looked for under these (training / evaluation);
+# "test" is ours, kept from the earlier train/ + val|validation|test/ layout
+TRAIN_SPLITS = ("train", "training")
+EVAL_SPLITS = ("validation", "val", "valid", "eval", "evaluation", "test")
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key of ``name`` in natural order, case-insensitive: digit runs compare as numbers, so ``class2``
+    comes before ``class10`` (timm's order of class folders; plain sorting puts ``class10`` first)."""
+    parts = re.split(r"(\d+)", name.lower())
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts), name
+
+
+def split_role(split: str) -> str:
+    """``"train"`` or ``"val"``: what a split name is for (timm's synonyms; any other name, e.g. ``test``,
+    is an evaluation split)."""
+    return "train" if split.lower().split("[")[0] in TRAIN_SPLITS else "val"
+
+
+def split_candidates(split: str) -> tuple[str, ...]:
+    """``split`` first, then, when it is one of timm's split synonyms, the others of its role (timm's
+    ``_search_split``, plus ``test``); any other name stands alone."""
+    synonyms = TRAIN_SPLITS if split_role(split) == "train" else EVAL_SPLITS
+    if split.lower() not in synonyms:
+        return (split,)
+    return (split, *[s for s in synonyms if s != split])
+
+
+def load_class_map(class_map: str | os.PathLike | dict | Sequence[str]) -> tuple[str, ...]:
+    """Class names by index from timm's ``--class-map``: a ``.txt`` file with one class name per line (the line
+    number is the index), a ``{name: index}`` dict with indices 0..n-1, or a sequence of names."""
+    if isinstance(class_map, dict):
+        by_index = sorted((int(i), str(n)) for n, i in class_map.items())
+        if [i for i, _ in by_index] != list(range(len(by_index))):
+            raise DataError(f"class map indices must be 0..{len(by_index) - 1}, each once; got "
+                            f"{sorted(class_map.values())[:10]}")
+        names = tuple(n for _, n in by_index)
+    elif isinstance(class_map, (str, os.PathLike)):
+        path = Path(class_map).expanduser()
+        if path.suffix.lower() != ".txt":
+            raise DataError(f"--class-map {path}: expected a .txt file with one class name per line (timm's format; "
+                            "its pickled .pkl maps are not read, as loading them could run code)")
+        try:
+            lines = path.read_text(encoding="utf-8").split("\n")
+        except OSError as e:
+            raise DataError(f"cannot read --class-map {path}: {e}") from None
+        while lines and not lines[-1].strip():
+            lines.pop()
+        names = tuple(line.strip() for line in lines)
+        if "" in names:
+            raise DataError(f"--class-map {path}: line {names.index('') + 1} is empty; give one class name per line")
+    else:
+        names = tuple(str(n) for n in class_map)
+    if not names:
+        raise DataError("the class map is empty; give one class name per line")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"the class map names {', '.join(dup[:10])} more than once")
+    return names
 
 
 class TensorImageDataset(Dataset):
@@ -85,14 +157,17 @@ class TensorImageDataset(Dataset):
             image = self.transform(image)
         return image, int(self.targets[index])
 
-    def resized(self, size: int) -> TensorImageDataset:
+    def resized(self, size: int, interpolation: str = "bilinear") -> TensorImageDataset:
         """A copy with every image resized to ``size``×``size`` once (antialiased, as the transforms do),
         so per-sample transforms at that size skip their resize: a large saving for 28 px data on a CPU."""
         from torchvision.transforms.v2 import functional as TF
 
+        from .transforms import interpolation_mode
+
         if self.image_size == size:
             return self
-        chunks = [TF.resize(c, [size, size], antialias=True) for c in self.images.split(4096)]
+        mode = interpolation_mode(interpolation)
+        chunks = [TF.resize(c, [size, size], interpolation=mode, antialias=True) for c in self.images.split(4096)]
         return TensorImageDataset(torch.cat(chunks), self.targets, self.classes, name=self.name,
                                   transform=self.transform)
 
@@ -167,7 +242,10 @@ class ImageFolderDataset(Dataset):
     scaled to 8 bits, not clipped).
 
     ``classes``: the class list to label by (a validation split passes its training split's), matched by
-    folder name; a folder that is not in it is an error. By default the sorted folder names.
+    folder name; a folder that is not in it is an error. By default the folder names in natural order
+    (:func:`natural_key`: ``class2`` before ``class10``, as timm's ImageFolder reader sorts them).
+    ``class_map`` (timm's ``--class-map``, :func:`load_class_map`): label by this list instead and leave out
+    the folders it does not name.
 
     An undecodable file raises :class:`DataError` naming it; with ``skip_bad=True`` it is replaced by the
     next readable file of the folder and recorded, once, in ``bad_images_log`` (a file shared with
@@ -175,13 +253,21 @@ class ImageFolderDataset(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, *, transform: Callable | None = None,
-                 classes: Sequence[str] | None = None, skip_bad: bool = False) -> None:
+                 classes: Sequence[str] | None = None, skip_bad: bool = False,
+                 class_map: str | os.PathLike | dict | Sequence[str] | None = None) -> None:
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"Image folder {root} does not exist. Expected {root}/<class name>/<image files>.")
-        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                            key=lambda d: natural_key(d.name))
         if not class_dirs:
             raise DataError(f"Image folder {root} has no class sub-folders. Expected {root}/<class name>/<images>.")
+        if class_map is not None:
+            classes = load_class_map(class_map)
+            class_dirs = [d for d in class_dirs if d.name in set(classes)]
+            if not class_dirs:
+                raise DataError(f"none of the class folders of {root} is in the class map ({', '.join(classes[:10])}"
+                                f"{' ...' if len(classes) > 10 else ''})")
         names = tuple(classes) if classes is not None else tuple(d.name for d in class_dirs)
         index = {name: i for i, name in enumerate(names)}
         foreign = [d.name for d in class_dirs if d.name not in index]
@@ -194,9 +280,9 @@ class ImageFolderDataset(Dataset):
             )
         samples: list[tuple[Path, int]] = []
         for d in class_dirs:
-            files = sorted(
-                f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-            )
+            files = sorted(  # natural order too, so sample i is timm's sample i (img2 before img10)
+                (f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS),
+                key=lambda f: natural_key(f.relative_to(d).as_posix()))
             samples.extend((f, index[d.name]) for f in files)
         if not samples:
             raise DataError(
@@ -290,21 +376,30 @@ def decode_image(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
 
 
+def split_folder(root: Path, split: str) -> Path | None:
+    """``root/<split>``, else the first of its role's synonyms that exists (:func:`split_candidates`)."""
+    for sub in split_candidates(split):
+        if (root / sub).is_dir():
+            return root / sub
+    return None
+
+
 def _imagefolder(data_dir: str | None, split: str, classes: Sequence[str] | None = None,
-                 skip_bad: bool = False) -> ImageFolderDataset:
+                 skip_bad: bool = False, class_map: Any = None) -> ImageFolderDataset:
     if data_dir is None:
-        raise DataError("The imagefolder dataset needs --data-dir: a folder with train/ and val/ sub-folders, "
-                        "each holding one folder of images per class.")
+        raise DataError("The imagefolder dataset needs --data-dir: a folder with train/ and validation/ (or val/) "
+                        "sub-folders, each holding one folder of images per class.")
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"Data directory {root} does not exist. "
                         f"Expected {root}/train/<class>/ and {root}/val/<class>/.")
-    names = ("train",) if split == "train" else ("val", "validation", "test")
-    for sub in names:
-        if (root / sub).is_dir():
-            return ImageFolderDataset(root / sub, classes=classes, skip_bad=skip_bad)
-    raise DataError(f"Data directory {root} has no {names[0]}/ sub-folder (looked for {', '.join(names)}). "
-                    f"Expected {root}/train/<class>/ and {root}/val/<class>/.")
+    folder = split_folder(root, split)
+    if folder is None:
+        names = split_candidates(split)
+        raise DataError(f"Data directory {root} has no {names[0]}/ sub-folder (looked for {', '.join(names)}). "
+                        f"Expected {root}/train/<class>/ and {root}/val/<class>/ (or name the sub-folders with "
+                        "--train-split/--val-split).")
+    return ImageFolderDataset(folder, classes=classes, skip_bad=skip_bad, class_map=class_map)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -318,7 +413,7 @@ def _cifar(name: str, data_dir: str | None, split: str, download: bool) -> Tenso
                         "download them with --download).")
     cls = CIFAR10 if name == "cifar10" else CIFAR100
     try:
-        ds = cls(root=str(Path(data_dir).expanduser()), train=split == "train", download=download)
+        ds = cls(root=str(Path(data_dir).expanduser()), train=split_role(split) == "train", download=download)
     except RuntimeError as e:
         raise DataError(f"{name} not found in {data_dir} ({e}). Pass --download to fetch it, or point --data-dir "
                         "at the folder that holds cifar-10-batches-py/ or cifar-100-python/.") from e
@@ -327,35 +422,63 @@ def _cifar(name: str, data_dir: str | None, split: str, download: bool) -> Tenso
 
 
 def dataset_key(name: str) -> str:
-    """The canonical name of data set ``name`` (``FashionMNIST``, ``image_folder``, ``CIFAR-10`` are accepted)."""
+    """The canonical name of data set ``name`` (``FashionMNIST``, ``image_folder``, ``CIFAR-10`` are accepted);
+    ``hfds/NAME`` and ``wds/NAME`` (timm's spelling: reader prefix, then the data set) give ``hfds``/``wds``."""
+    prefix, sep, _ = str(name).partition("/")
+    if sep and prefix.lower() in ("hfds", "wds"):
+        return prefix.lower()
     key = str(name).lower().replace("_", "-")
     key = {"fashionmnist": "fashion-mnist", "image-folder": "imagefolder", "folder": "imagefolder",
            "cifar-10": "cifar10", "cifar-100": "cifar100"}.get(key, key)
     if key not in DATASETS:
-        raise DataError(f"dataset (--dataset) must be one of {', '.join(DATASETS)}, got {name!r}")
+        raise DataError(f"dataset (--dataset) must be one of {', '.join(DATASETS[:4])}, hfds/NAME (Hugging Face "
+                        f"datasets), hfds (a save_to_disk folder in --data-dir) or wds (WebDataset shards), "
+                        f"got {name!r}")
     return key
 
 
 def load_dataset(
     name: str = "fashion-mnist", *, data_dir: str | None = None, split: str = "train", download: bool = False,
-    classes: Sequence[str] | None = None, skip_bad_images: bool = False,
+    classes: Sequence[str] | None = None, skip_bad_images: bool = False, class_map: Any = None,
+    input_key: str | None = None, target_key: str | None = None,
 ) -> Dataset:
-    """Load a dataset by name (one of :data:`DATASETS`) and split (``"train"`` or ``"val"``; ``"test"`` means
-    ``"val"``). Returns a dataset of ``(uint8 (C, H, W) image, int label)`` with ``num_classes``, ``in_chans``,
-    ``classes`` and ``image_size`` attributes.
+    """Load a dataset by name (one of :data:`DATASETS`, ``hfds/NAME``, ``wds/NAME``) and split. Returns a
+    dataset of ``(uint8 (C, H, W) image, int label)`` with ``num_classes``, ``in_chans``, ``classes`` and
+    ``image_size`` attributes.
 
-    ``classes`` (image folders): label by this class list, matched by folder name (see :func:`load_splits`);
+    ``split``: timm's split names. Fashion-MNIST and CIFAR have two: ``train`` (or ``training``) and the test
+    set (``validation``, ``val``, ``test`` and timm's other evaluation synonyms). Image folders read the
+    sub-folder of that name (else of a synonym, :func:`split_folder`); Hugging Face datasets the split of that
+    name; WebDataset shards a brace pattern or the shards named after the split (``data/readers.py``).
+
+    ``classes``: label by this class list, matched by name (see :func:`load_splits`); ``class_map``: timm's
+    ``--class-map`` (:func:`load_class_map`), which also leaves out the classes it does not name;
+    ``input_key``/``target_key``: the image and label columns (``hfds``) or file extensions (``wds``);
     ``skip_bad_images``: skip undecodable image files instead of stopping (image folders)."""
     key = dataset_key(name)
-    split = split.lower()
-    if split == "test":
-        split = "val"
-    if split not in ("train", "val"):
-        raise DataError(f"Unknown split {split!r}; expected 'train' or 'val' ('test' is accepted as 'val').")
-    if key == "fashion-mnist":  # never downloaded: the missing-file error says how to install it
-        return _fashion_mnist(data_dir, split)
+    split = str(split)
+    if key == "hfds":
+        from .readers import load_hfds
+
+        return load_hfds(name, data_dir, split, classes=classes, class_map=class_map, input_key=input_key,
+                         target_key=target_key)
+    if "[" in split:  # timm's imagefolder would silently drop the slice and read the whole split
+        raise DataError(f"split {split!r}: slices (train[:90%]) are read for hfds data sets only; for {key} use "
+                        "--train-samples/--val-samples, or a folder (shard pattern) per split")
+    if key == "wds":
+        from .readers import load_wds
+
+        return load_wds(name, data_dir, split, classes=classes, class_map=class_map, input_key=input_key,
+                        target_key=target_key)
     if key == "imagefolder":
-        return _imagefolder(data_dir, split, classes, skip_bad_images)
+        return _imagefolder(data_dir, split, classes, skip_bad_images, class_map)
+    if class_map is not None:
+        raise DataError(f"--class-map applies to image files (imagefolder, hfds, wds), not to {key}")
+    if split.lower() not in TRAIN_SPLITS + EVAL_SPLITS:
+        raise DataError(f"Unknown split {split!r} of {key}: it has a training split ({', '.join(TRAIN_SPLITS)}) "
+                        f"and a test split ({', '.join(EVAL_SPLITS)})")
+    if key == "fashion-mnist":  # never downloaded: the missing-file error says how to install it
+        return _fashion_mnist(data_dir, split_role(split))
     return _cifar(key, data_dir, split, download)
 
 
@@ -376,13 +499,15 @@ def check_splits(train: Dataset, val: Dataset) -> None:
 
 
 def load_splits(name: str = "fashion-mnist", *, data_dir: str | None = None, download: bool = False,
-                skip_bad_images: bool = False) -> tuple[Dataset, Dataset]:
-    """The training and validation splits of a data set, labelled alike: the validation split's classes are
-    matched to the training split's by name (:func:`check_splits`)."""
-    train = load_dataset(name, data_dir=data_dir, split="train", download=download,
-                         skip_bad_images=skip_bad_images)
-    val = load_dataset(name, data_dir=data_dir, split="val", download=download,
-                       classes=getattr(train, "classes", None), skip_bad_images=skip_bad_images)
+                skip_bad_images: bool = False, train_split: str = "train", val_split: str = "validation",
+                class_map: Any = None, input_key: str | None = None,
+                target_key: str | None = None) -> tuple[Dataset, Dataset]:
+    """The training and validation splits of a data set (timm's split names and defaults), labelled alike:
+    the validation split's classes are matched to the training split's by name (:func:`check_splits`)."""
+    kw = dict(data_dir=data_dir, download=download, skip_bad_images=skip_bad_images, class_map=class_map,
+              input_key=input_key, target_key=target_key)
+    train = load_dataset(name, split=train_split, **kw)
+    val = load_dataset(name, split=val_split, classes=getattr(train, "classes", None), **kw)
     check_splits(train, val)
     return train, val
 

@@ -29,6 +29,9 @@ autocontrast, equalize, invert   no magnitude
 The "increasing" variants (timm's ``inc1``, the default of the class) make a larger magnitude always a
 stronger distortion, which the progressive schedule assumes; the "original" ones (``inc0``, timm's
 default for a string) get weaker past a point.
+
+AutoAugment (Cubuk et al., CVPR 2019) applies one of a fixed list of sub-policies, each two ops with their own
+probability and magnitude, through the same ops (see :class:`AutoAugment`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torchvision.transforms.v2 as T
@@ -45,14 +49,19 @@ from torch import nn
 from ..errors import ConfigError
 
 __all__ = [
+    "AA_POLICIES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "INTERPOLATIONS",
+    "AutoAugment",
     "EvalTransform",
     "RandAugment",
     "TrainTransform",
     "build_eval_transform",
     "build_train_transform",
+    "parse_aa",
     "rand_augment",
+    "resolve_data_config",
     "resolve_mean_std",
 ]
 
@@ -91,6 +100,13 @@ def _enhance_factor(s: float, increasing: bool) -> float:
 def _posterize(img: torch.Tensor, s: float, increasing: bool) -> torch.Tensor:
     bits = 4 - int(4 * s) if increasing else int(4 * s)
     return img if bits >= 8 else F.posterize(img, max(0, bits))
+
+
+def _posterize_paper(img: torch.Tensor, s: float, increasing: bool) -> torch.Tensor:
+    # the AutoAugment paper's range (Cubuk et al., CVPR 2019, its list of operations: posterize to 4..8
+    # bits), timm's PosterizeOriginal: keep int(4 s) + 4 bits
+    bits = int(4 * s) + 4
+    return img if bits >= 8 else F.posterize(img, bits)
 
 
 def _solarize(img: torch.Tensor, s: float, increasing: bool) -> torch.Tensor:
@@ -148,6 +164,7 @@ _OPS = {
     "cutout": _cutout,
 }
 TIMM_OPS = tuple(op for op in _OPS if op != "cutout")  # timm's rand list: TF's without cutout
+_OPS["posterize_paper"] = _posterize_paper  # AutoAugment's 'original' policy only (not drawn by RandAugment)
 
 
 class RandAugment(nn.Module):
@@ -230,7 +247,8 @@ def rand_augment(aa: str) -> RandAugment:
     clips) are errors."""
     parts = aa.split("-")
     if parts[0] != "rand":
-        raise ConfigError(f"--aa {aa!r}: only RandAugment is supported, written like timm: 'rand-m9-n2-mstd0.5'")
+        raise ConfigError(f"--aa {aa!r}: only RandAugment (written like timm: 'rand-m9-n2-mstd0.5') and the "
+                          f"AutoAugment policies {', '.join(AA_POLICIES)} are supported")
     values = {"m": 10.0, "n": 2.0, "p": 0.5, "mstd": 0.0, "mmax": 10.0, "inc": 0.0}
     for part in parts[1:]:
         match = re.fullmatch(r"(mstd|mmax|inc|m|n|p)([0-9]+(?:\.[0-9]*)?)", part)
@@ -247,6 +265,130 @@ def rand_augment(aa: str) -> RandAugment:
     mstd = float("inf") if values["mstd"] > 100 else values["mstd"]
     return RandAugment(int(values["n"]), magnitude=values["m"], magnitude_std=mstd,
                        max_magnitude=values["mmax"], prob=values["p"], ops=TIMM_OPS, increasing=values["inc"] == 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# AutoAugment
+
+# AutoAugment sub-policies as (op, probability, magnitude 0-10) pairs, op names in timm's spelling (TF's, with
+# timm's posterize variants). 'original': the ImageNet policy of the AutoAugment paper (Cubuk et al., CVPR 2019,
+# appendix). 'v0': the ImageNet policy of TensorFlow's EfficientNet code (tpu/models/official/
+# efficientnet/autoaugment.py, policy_v0), which timm also calls v0. Their 'r' forms ('v0r', 'originalr') swap
+# posterize for the variant whose bits discarded grow with the magnitude (TF research code), as timm does.
+_V0 = (
+    (("Equalize", 0.8, 1), ("ShearY", 0.8, 4)), (("Color", 0.4, 9), ("Equalize", 0.6, 3)),
+    (("Color", 0.4, 1), ("Rotate", 0.6, 8)), (("Solarize", 0.8, 3), ("Equalize", 0.4, 7)),
+    (("Solarize", 0.4, 2), ("Solarize", 0.6, 2)), (("Color", 0.2, 0), ("Equalize", 0.8, 8)),
+    (("Equalize", 0.4, 8), ("SolarizeAdd", 0.8, 3)), (("ShearX", 0.2, 9), ("Rotate", 0.6, 8)),
+    (("Color", 0.6, 1), ("Equalize", 1.0, 2)), (("Invert", 0.4, 9), ("Rotate", 0.6, 0)),
+    (("Equalize", 1.0, 9), ("ShearY", 0.6, 3)), (("Color", 0.4, 7), ("Equalize", 0.6, 0)),
+    (("Posterize", 0.4, 6), ("AutoContrast", 0.4, 7)), (("Solarize", 0.6, 8), ("Color", 0.6, 9)),
+    (("Solarize", 0.2, 4), ("Rotate", 0.8, 9)), (("Rotate", 1.0, 7), ("TranslateYRel", 0.8, 9)),
+    (("ShearX", 0.0, 0), ("Solarize", 0.8, 4)), (("ShearY", 0.8, 0), ("Color", 0.6, 4)),
+    (("Color", 1.0, 0), ("Rotate", 0.6, 2)), (("Equalize", 0.8, 4), ("Equalize", 0.0, 8)),
+    (("Equalize", 1.0, 4), ("AutoContrast", 0.6, 2)), (("ShearY", 0.4, 7), ("SolarizeAdd", 0.6, 7)),
+    (("Posterize", 0.8, 2), ("Solarize", 0.6, 10)),  # keeps 0 bits: a black image, as in TF's code
+    (("Solarize", 0.6, 8), ("Equalize", 0.6, 1)), (("Color", 0.8, 6), ("Rotate", 0.4, 5)),
+)
+_ORIGINAL = (
+    (("PosterizeOriginal", 0.4, 8), ("Rotate", 0.6, 9)), (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
+    (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)), (("PosterizeOriginal", 0.6, 7), ("PosterizeOriginal", 0.6, 6)),
+    (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)), (("Equalize", 0.4, 4), ("Rotate", 0.8, 8)),
+    (("Solarize", 0.6, 3), ("Equalize", 0.6, 7)), (("PosterizeOriginal", 0.8, 5), ("Equalize", 1.0, 2)),
+    (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)), (("Equalize", 0.6, 8), ("PosterizeOriginal", 0.4, 6)),
+    (("Rotate", 0.8, 8), ("Color", 0.4, 0)), (("Rotate", 0.4, 9), ("Equalize", 0.6, 2)),
+    (("Equalize", 0.0, 7), ("Equalize", 0.8, 8)), (("Invert", 0.6, 4), ("Equalize", 1.0, 8)),
+    (("Color", 0.6, 4), ("Contrast", 1.0, 8)), (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
+    (("Color", 0.8, 8), ("Solarize", 0.8, 7)), (("Sharpness", 0.4, 7), ("Invert", 0.6, 8)),
+    (("ShearX", 0.6, 5), ("Equalize", 1.0, 9)), (("Color", 0.4, 0), ("Equalize", 0.6, 3)),
+    (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)), (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
+    (("Invert", 0.6, 4), ("Equalize", 1.0, 8)), (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+    (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)),
+)
+
+
+def _swap_posterize(policy: tuple, old: str) -> tuple:
+    return tuple(tuple(("PosterizeIncreasing", p, m) if op == old else (op, p, m) for op, p, m in sub)
+                 for sub in policy)
+
+
+AA_POLICIES: dict[str, tuple] = {
+    "v0": _V0, "v0r": _swap_posterize(_V0, "Posterize"),
+    "original": _ORIGINAL, "originalr": _swap_posterize(_ORIGINAL, "PosterizeOriginal"),
+}
+# timm/TF op name -> (our op, increasing variant); the plain enhance/solarize/posterize names are TF's
+# "original" level mappings (factor 0.1 + 1.8 s, threshold 256 s, keep 4 s bits)
+_AA_OPS = {
+    "AutoContrast": ("autocontrast", False), "Equalize": ("equalize", False), "Invert": ("invert", False),
+    "Rotate": ("rotate", False), "ShearX": ("shear_x", False), "ShearY": ("shear_y", False),
+    "TranslateXRel": ("translate_x", False), "TranslateYRel": ("translate_y", False),
+    "Color": ("color", False), "Contrast": ("contrast", False), "Brightness": ("brightness", False),
+    "Sharpness": ("sharpness", False), "Solarize": ("solarize", False), "SolarizeAdd": ("solarize_add", False),
+    "Posterize": ("posterize", False), "PosterizeIncreasing": ("posterize", True),
+    "PosterizeOriginal": ("posterize_paper", False),
+}
+
+
+class AutoAugment(nn.Module):
+    """AutoAugment on uint8 ``(C, H, W)`` tensors: one sub-policy drawn uniformly per image, each of its ops
+    applied with its probability at its magnitude (TF's ``magnitude / 10`` scale of the module docstring).
+    ``magnitude_std`` adds Gaussian noise to each op's magnitude, clipped to [0, 10] (timm's ``mstd``;
+    ``inf``: uniform in [0, magnitude]). Policies: :data:`AA_POLICIES`."""
+
+    def __init__(self, policy: str = "v0", magnitude_std: float = 0.0) -> None:
+        super().__init__()
+        if policy not in AA_POLICIES:
+            raise ValueError(f"unknown AutoAugment policy {policy!r}; valid: {', '.join(AA_POLICIES)}")
+        self.policy_name = policy
+        self.policy = AA_POLICIES[policy]
+        self.magnitude_std = float(magnitude_std)
+
+    def _magnitude(self, m: float) -> float:
+        if self.magnitude_std == float("inf"):
+            m = float(torch.rand(())) * m
+        elif self.magnitude_std > 0:
+            m = m + float(torch.randn(())) * self.magnitude_std
+        return min(max(m, 0.0), 10.0)
+
+    def forward(self, img: Any) -> Any:
+        """A uint8 ``(C, H, W)`` tensor, or a PIL image (returned as a PIL image of the same mode)."""
+        pil_mode = getattr(img, "mode", None) if not isinstance(img, torch.Tensor) else None
+        if pil_mode is not None:
+            img = F.pil_to_tensor(img.convert("RGB") if pil_mode not in ("RGB", "L") else img)
+        if img.dtype != torch.uint8:
+            raise TypeError(f"AutoAugment expects a uint8 (C, H, W) image tensor or a PIL image, got {img.dtype}")
+        for op, prob, magnitude in self.policy[int(torch.randint(len(self.policy), ()))]:
+            if float(torch.rand(())) >= prob:
+                continue
+            name, increasing = _AA_OPS[op]
+            img = _OPS[name](img, self._magnitude(magnitude) / 10.0, increasing)
+        return F.to_pil_image(img) if pil_mode is not None else img
+
+    def extra_repr(self) -> str:
+        return f"policy={self.policy_name!r}, magnitude_std={self.magnitude_std}"
+
+
+def auto_augment(aa: str) -> AutoAugment:
+    """timm's AutoAugment string: a policy name (``v0``, ``v0r``, ``original``, ``originalr``) and an optional
+    ``mstd<std>`` section (above 100: uniform magnitudes); anything else is an error."""
+    policy, *sections = aa.split("-")
+    if policy not in AA_POLICIES:
+        raise ConfigError(f"--aa {aa!r}: unknown AutoAugment policy {policy!r}; valid: {', '.join(AA_POLICIES)}, "
+                          "or RandAugment as 'rand-m9-n2-mstd0.5'")
+    mstd = 0.0
+    for part in sections:
+        match = re.fullmatch(r"mstd([0-9]+(?:\.[0-9]*)?)", part)
+        if not match:
+            raise ConfigError(f"--aa {aa!r}: cannot read section {part!r}; AutoAugment takes mstd<std> only")
+        mstd = float(match.group(1))
+    return AutoAugment(policy, magnitude_std=float("inf") if mstd > 100 else mstd)
+
+
+def parse_aa(aa: str | None) -> RandAugment | AutoAugment | None:
+    """``--aa``: RandAugment (``rand-...``), an AutoAugment policy (``v0``, ``original``...), or None/'none'."""
+    if not aa or aa.lower() == "none":
+        return None
+    return auto_augment(aa) if aa.split("-")[0] in AA_POLICIES else rand_augment(aa)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -289,7 +431,7 @@ class _ToModelInput:
 
 
 class TrainTransform:
-    """Training transform: crop -> flip -> RandAugment -> float/normalize -> random erasing.
+    """Training transform: crop -> flip -> RandAugment or AutoAugment -> float/normalize -> random erasing.
 
     ``img_size``, ``ra_magnitude`` (0 disables RandAugment) and ``re_prob`` are attributes the trainer may
     change between epochs or progressive stages (with DataLoader workers, re-create the workers, i.e.
@@ -317,6 +459,7 @@ class TrainTransform:
         re_prob: float = 0.0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        autoaugment: AutoAugment | None = None,
     ) -> None:
         if crop not in ("rrc", "pad"):
             raise ValueError(f"crop must be 'rrc' or 'pad', got {crop!r}")
@@ -325,6 +468,7 @@ class TrainTransform:
         self.rrc = T.RandomResizedCrop(img_size, scale=self.scale, ratio=self.ratio, antialias=True)
         self.flip = T.RandomHorizontalFlip(hflip)
         self.randaugment = randaugment if randaugment is not None else RandAugment(magnitude=0.0)
+        self.autoaugment = autoaugment
         self.erasing = T.RandomErasing(re_prob, value="random")
         self.to_input = _ToModelInput(in_chans, source_chans, mean, std)
         self.img_size = img_size
@@ -367,6 +511,8 @@ class TrainTransform:
             img = self.pad_crop(img)
         if self.hflip > 0:
             img = self.flip(img)
+        if self.autoaugment is not None:
+            img = self.autoaugment(img)
         if self.ra_magnitude > 0:
             img = self.randaugment(img)
         x = self.to_input(img)
@@ -374,24 +520,60 @@ class TrainTransform:
 
     def __repr__(self) -> str:
         return (f"TrainTransform(img_size={self.img_size}, crop={self.crop!r}, scale={self.scale}, "
-                f"hflip={self.hflip}, randaugment={self.randaugment.extra_repr()}, "
+                f"hflip={self.hflip}, randaugment={self.randaugment.extra_repr()}, autoaugment={self.autoaugment}, "
                 f"re_prob={self.re_prob}, in_chans={self.to_input.in_chans})")
 
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # what v2 resizes uint8 tensors with
+CROP_MODES = ("center", "squash", "border")
+
+
+def interpolation_mode(name: str) -> T.InterpolationMode:
+    """torchvision's mode for timm's name; "nearest" is torchvision's ``nearest-exact``, which picks PIL's
+    pixels (its ``nearest`` keeps an older, shifted convention)."""
+    if name not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {name!r}")
+    return T.InterpolationMode.NEAREST_EXACT if name == "nearest" else T.InterpolationMode(name)
+
+
 class EvalTransform:
-    """Resize the shorter side to ``img_size / crop_pct``, center-crop ``img_size``, float/normalize
-    (v2 ``Resize`` and ``CenterCrop``; ``crop_pct=1`` resizes straight to ``img_size``²)."""
+    """timm's evaluation resize and crop with v2 ops, then float/normalize. With ``scale = floor(img_size /
+    crop_pct)``: ``center`` resizes the shorter side to ``scale`` and takes the centre ``img_size``²;
+    ``squash`` resizes both sides to ``scale`` (aspect not kept) and takes the centre; ``border`` resizes the
+    longer side to ``scale`` and centre-crops, padding with the mean colour. ``interpolation``: bilinear,
+    bicubic or nearest (antialiased when downsizing)."""
 
     def __init__(self, img_size: int, *, in_chans: int, source_chans: int, crop_pct: float = 0.875,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 interpolation: str = "bilinear", crop_mode: str = "center") -> None:
         if not 0 < crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        if crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {', '.join(CROP_MODES)}, got {crop_mode!r}")
         self.img_size = int(img_size)
         self.crop_pct = crop_pct
-        size = self.img_size
-        self.resize = (T.Resize([size, size], antialias=True) if crop_pct >= 1.0 else
-                       T.Compose([T.Resize(int(math.floor(size / crop_pct)), antialias=True), T.CenterCrop(size)]))
+        self.crop_mode = crop_mode
+        self.interpolation = interpolation
+        self.mode = interpolation_mode(interpolation)
+        self.scale = int(math.floor(self.img_size / crop_pct))
+        self.fill = [round(255 * float(m)) for m in mean] if len(mean) == source_chans else 0
         self.to_input = _ToModelInput(in_chans, source_chans, mean, std)
+
+    def resize(self, img: torch.Tensor) -> torch.Tensor:
+        size, scale = self.img_size, self.scale
+        if self.crop_mode == "center":
+            img = F.resize(img, [scale], interpolation=self.mode, antialias=True)  # shorter side
+        elif self.crop_mode == "squash":
+            img = F.resize(img, [scale, scale], interpolation=self.mode, antialias=True)
+        else:  # border: longer side to scale, pad what is missing with the mean colour
+            h, w = img.shape[-2:]
+            r = scale / max(h, w)
+            img = F.resize(img, [max(1, round(h * r)), max(1, round(w * r))], interpolation=self.mode, antialias=True)
+            h, w = img.shape[-2:]
+            ph, pw = max(0, size - h), max(0, size - w)
+            if ph or pw:
+                img = F.pad(img, [pw // 2, ph // 2, pw - pw // 2, ph - ph // 2], fill=self.fill)
+        return F.center_crop(img, [size, size])
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         if tuple(img.shape[-2:]) != (self.img_size, self.img_size) or self.crop_pct < 1.0:
@@ -399,7 +581,8 @@ class EvalTransform:
         return self.to_input(img)
 
     def __repr__(self) -> str:
-        return f"EvalTransform(img_size={self.img_size}, crop_pct={self.crop_pct}, in_chans={self.to_input.in_chans})"
+        return (f"EvalTransform(img_size={self.img_size}, crop_pct={self.crop_pct}, crop_mode={self.crop_mode!r}, "
+                f"interpolation={self.interpolation!r}, in_chans={self.to_input.in_chans})")
 
 
 def build_train_transform(
@@ -419,13 +602,16 @@ def build_train_transform(
     pad: int | None = None,
     ra_magnitude_std: float = 0.0,
 ) -> TrainTransform:
-    """A :class:`TrainTransform`. ``aa`` is timm's RandAugment string (:func:`rand_augment`); without it,
-    ``ra_num_ops``/``ra_magnitude_std`` build a TF-style one. ``ra_magnitude`` overrides the magnitude
-    (progressive learning); 0 turns RandAugment off. ``mean``/``std`` may have 1 value or one per channel."""
-    use_aa = bool(aa) and aa.lower() != "none"
-    ra = rand_augment(aa) if use_aa else RandAugment(ra_num_ops, magnitude=0.0, magnitude_std=ra_magnitude_std)
+    """A :class:`TrainTransform`. ``aa`` is timm's RandAugment string (:func:`rand_augment`) or AutoAugment
+    policy (:func:`auto_augment`); without a RandAugment string, ``ra_num_ops``/``ra_magnitude_std`` build a
+    TF-style one. ``ra_magnitude`` overrides the magnitude (progressive learning); 0 turns RandAugment off.
+    ``mean``/``std`` may have 1 value or one per channel."""
+    augment = parse_aa(aa)
+    ra = augment if isinstance(augment, RandAugment) else RandAugment(ra_num_ops, magnitude=0.0,
+                                                                      magnitude_std=ra_magnitude_std)
     t = TrainTransform(img_size, in_chans=in_chans, source_chans=source_chans, crop=crop, scale=scale, pad=pad,
-                       hflip=hflip, randaugment=ra, re_prob=re_prob, mean=mean, std=std)
+                       hflip=hflip, randaugment=ra, re_prob=re_prob, mean=mean, std=std,
+                       autoaugment=augment if isinstance(augment, AutoAugment) else None)
     if ra_magnitude is not None:
         t.ra_magnitude = ra_magnitude
     return t
@@ -439,10 +625,37 @@ def build_eval_transform(
     crop_pct: float = 0.875,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "bilinear",
+    crop_mode: str = "center",
 ) -> EvalTransform:
     """An :class:`EvalTransform` (use ``crop_pct=1.0`` for small images such as Fashion-MNIST)."""
     return EvalTransform(img_size, in_chans=in_chans, source_chans=source_chans, crop_pct=crop_pct,
-                         mean=mean, std=std)
+                         mean=mean, std=std, interpolation=interpolation, crop_mode=crop_mode)
+
+
+def resolve_data_config(pretrained_cfg: dict, *, img_size: int | None = None, mean: Sequence[float] | None = None,
+                        std: Sequence[float] | None = None, crop_pct: float | None = None,
+                        interpolation: str | None = None, crop_mode: str | None = None) -> dict:
+    """The data settings of a model, as timm's ``resolve_data_config(args, model=...)`` resolves them: each
+    value given here wins, else the model's ``pretrained_cfg`` (``input_size``, ``mean``, ``std``,
+    ``crop_pct``, ``interpolation``, ``crop_mode``), else timm's defaults (224, ImageNet statistics, 0.875,
+    bicubic, center). Returns timm's keys (``input_size`` as (C, H, W))."""
+    cfg = pretrained_cfg or {}
+    size = cfg.get("input_size") or (3, 224, 224)
+
+    def per_channel(given: Sequence[float] | None, key: str, default: tuple) -> tuple:
+        if given is None:
+            return tuple(cfg.get(key) or default)
+        return tuple(given) * size[0] if len(given) == 1 else tuple(given)  # one value: every channel, as timm
+
+    return {
+        "input_size": (size[0], img_size, img_size) if img_size else tuple(size),
+        "interpolation": interpolation or cfg.get("interpolation") or "bicubic",
+        "mean": per_channel(mean, "mean", IMAGENET_MEAN),
+        "std": per_channel(std, "std", IMAGENET_STD),
+        "crop_pct": crop_pct or cfg.get("crop_pct") or 0.875,
+        "crop_mode": crop_mode or cfg.get("crop_mode") or "center",
+    }
 
 
 def _splitmix64(x: torch.Tensor) -> torch.Tensor:

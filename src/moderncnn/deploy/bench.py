@@ -320,10 +320,10 @@ def _onnx_runner(model: nn.Module, x: torch.Tensor, folder: Path) -> Callable[[]
         import onnxruntime as ort
     except ImportError as exc:
         raise ConfigError("--runtime onnxruntime needs onnxruntime: pip install 'moderncnn[export]'") from exc
-    from .export import _write, output_errors
+    from .export import output_errors, write_format
 
     path = folder / "model.onnx"
-    _write(model, "onnx", path, x if x.shape[0] >= 2 else x.expand(2, *x.shape[1:]).clone(), [])
+    write_format(model, "onnx", path, x if x.shape[0] >= 2 else x.expand(2, *x.shape[1:]).clone(), [])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()  # the same CPU budget as PyTorch
     opts.inter_op_num_threads = 1

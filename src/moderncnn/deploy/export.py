@@ -225,7 +225,9 @@ def validate(
 
 
 # -- export ------------------------------------------------------------------------------------------
-def _write(model: nn.Module, fmt: str, out: Path, example: torch.Tensor, notes: list[str]) -> list[Path]:
+def write_format(model: nn.Module, fmt: str, out: Path, example: torch.Tensor, notes: list[str]) -> list[Path]:
+    """Write the (already fused) ``model`` as ``fmt`` to ``out``, traced on ``example`` with a dynamic batch
+    dimension; the files written (ONNX may add external data). Notes for the user go to ``notes``."""
     batch = torch.export.Dim("batch", min=1)
     if fmt == "onnx":
         nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -307,7 +309,7 @@ def export_model(
         model.train(was_training)
     for note in notes:
         say(f"note: {note}")
-    files = _write(fused, fmt, out, example, notes)
+    files = write_format(fused, fmt, out, example, notes)
     result = ExportResult(out, fmt, expected, fuse_error=fuse_error, notes=notes)
     say(f"wrote {', '.join(str(f) for f in files)}")
     if fuse_error is not None:
@@ -335,4 +337,5 @@ __all__ = [
     "output_errors",
     "resolve_model",
     "validate",
+    "write_format",
 ]

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..training.checkpoint import atomic_write_text
+from ..interop.io import atomic_write_text
 from .verdict import INCONCLUSIVE, combine, compare
 
 # metrics measured once per arm and exactly (no spread needed for a verdict)

@@ -44,8 +44,8 @@ class ConvNeXtRoadmapConfig(ModelConfig):
     depthwise: bool = False  # the bottleneck's k×k conv grouped per channel (§2.3, ResNeXt-ify)
     kernel_size: int = 3
     act: str = "relu"
-    fewer_acts: bool = False  # §2.5: one activation, between the two 1×1 convs; none after the add
-    fewer_norms: bool = False  # §2.5: one norm, after the depthwise conv (the projection keeps its norm)
+    fewer_acts: bool = False  # §2.6: one activation, between the two 1×1 convs; none after the add
+    fewer_norms: bool = False  # §2.6: one norm, after the depthwise conv (the projection keeps its norm)
     norm: str = "bn"  # "ln": LayerNorm (eps 1e-6) over channels in place of every BatchNorm
     # §2.6: no in-block stride or projection; LayerNorm + conv 2×2 s2 between stages instead
     separate_downsample: bool = False
@@ -104,7 +104,7 @@ class RoadmapBlock(nn.Module):
         else:  # inverted_dw_first: the depthwise conv works on the narrow input
             hidden = out_chs * cfg.ratio
             specs = [(in_chs, in_chs, k, stride, in_chs), (in_chs, hidden, 1, 1, 1), (hidden, out_chs, 1, 1, 1)]
-        # which positions keep a norm / an activation (§2.5 removes all but one of each)
+        # which positions keep a norm / an activation (§2.6, micro design, removes all but one of each)
         norms = (True, False, False) if cfg.fewer_norms else (True, True, True)
         acts = (False, True) if cfg.fewer_acts else (True, True)
         for i, (cin, cout, ks, s, g) in enumerate(specs, start=1):

@@ -141,9 +141,12 @@ class Objective:
         n = min(len(self.train_set), base.train_samples or len(self.train_set), k * base.batch_size)
         if n < base.batch_size:
             raise ConfigError(f"the proxy needs at least one batch of {base.batch_size} images, the data has {n}")
-        steps_per_epoch = n // base.batch_size
-        # one pass of the schedule spans the proxy's k steps (a full cosine), evaluated once at the end
-        epochs = math.ceil(k / steps_per_epoch)
+        # one pass of the schedule spans the proxy's k steps (a full cosine), evaluated once at the end: more
+        # steps than one pass over the data are whole epochs over an equal subset (the last one may stop up to
+        # epochs - 1 steps short of its end)
+        epochs = math.ceil(k / (n // base.batch_size))
+        steps_per_epoch = math.ceil(k / epochs)
+        n = min(n, steps_per_epoch * base.batch_size)
         self.base = base.replace(train_samples=n, epochs=epochs, max_steps=k, eval_interval=epochs,
                                  device=self.device)
         self.img_size = base.img_size or self.train_set.image_size

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from ..data.assembly import TrainData, assemble
 from ..data.mixup import MixupCutmix
 from ..errors import ConfigError
-from .checkpoint import atomic_write_text
+from ..interop.io import atomic_write_text
 from .config import TrainConfig, resolve_drop_path
 from .distributed import DistInfo
 from .progressive import ProgressiveSchedule, schedule_for
@@ -47,11 +47,11 @@ def build_data(cfg: TrainConfig, train: Dataset | None = None, val: Dataset | No
     """The run's data: ``train``/``val`` (or the configured data set), the progressive schedule, and the
     training/eval transforms at the sizes and statistics the configuration asks for."""
     from ..data.datasets import check_splits, load_splits
-    from ..data.transforms import build_eval_transform, build_train_transform, resolve_mean_std
+    from ..data.transforms import build_eval_transform, build_train_transform
 
     if train is None or val is None:
         loaded = load_splits(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
-                             skip_bad_images=cfg.skip_bad_images)
+                             skip_bad_images=cfg.skip_bad_images, **split_options(cfg))
         train, val = train or loaded[0], val or loaded[1]
     if len(train) == 0 or len(val) == 0:
         raise ConfigError(f"the {'training' if len(train) == 0 else 'validation'} set of {cfg.dataset!r} is empty")
@@ -62,15 +62,17 @@ def build_data(cfg: TrainConfig, train: Dataset | None = None, val: Dataset | No
     prog = None
     if cfg.progressive:
         prog = schedule_for(cfg.model, cfg.epochs, cfg.progressive, num_stages=cfg.prog_stages,
-                            default_dropout=cfg.drop, **_prog_ranges(cfg))
+                            default_dropout=cfg.drop, seed=cfg.seed, **_prog_ranges(cfg))
     native = train.image_size if isinstance(train.image_size, int) else None
-    img_size = prog.stage_at(0).img_size if prog else cfg.img_size or native
+    settings = data_settings(cfg, native)
+    img_size = prog.stage_at(0).img_size if prog else settings["img_size"]
     if img_size is None:
         raise ConfigError(f"the images of {cfg.dataset!r} vary in size; pass --img-size")
-    eval_img_size = cfg.eval_img_size or (max(s.img_size for s in prog.stages) if prog else img_size)
-    mean, std = (tuple(cfg.mean), tuple(cfg.std)) if cfg.mean and cfg.std else resolve_mean_std(cfg.dataset)
+    # progressive runs are evaluated at the range's final size (random mode may never draw it)
+    eval_img_size = cfg.eval_img_size or (int(prog.size[1]) if prog else img_size)
+    mean, std = settings["mean"], settings["std"]
     in_chans = cfg.in_chans or train.in_chans
-    if len(mean) not in (1, in_chans):
+    if cfg.mean is not None and len(mean) not in (1, in_chans):  # RGB statistics of a model average for gray
         raise ConfigError(f"--mean/--std give {len(mean)} values for {in_chans}-channel input; give one per "
                           "channel (or one for all)")
     chans = dict(in_chans=in_chans, source_chans=train.in_chans, mean=mean, std=std)
@@ -82,12 +84,45 @@ def build_data(cfg: TrainConfig, train: Dataset | None = None, val: Dataset | No
         raise ConfigError(f"the progressive RandAugment magnitude reaches {max(s.ra_magnitude for s in prog.stages):g} "
                           f"but --aa {cfg.aa} clips magnitudes at {clip:g} (timm's default mmax is 10); add "
                           "-mmax<largest magnitude> to --aa")
-    crop = {} if cfg.crop_pct is None else {"crop_pct": cfg.crop_pct}
-    eval_transform = build_eval_transform(eval_img_size, **chans, **crop)
+    if prog and train_transform.autoaugment is not None and max(s.ra_magnitude for s in prog.stages) > 0:
+        raise ConfigError(f"--progressive schedules a RandAugment magnitude, and --aa {cfg.aa} is AutoAugment: "
+                          "the run would apply both; use a RandAugment --aa (rand-...), or prog_ra_magnitude: "
+                          "[0, 0] in the recipe")
+    eval_transform = build_eval_transform(eval_img_size, **chans, crop_pct=settings["crop_pct"],
+                                          interpolation=settings["interpolation"], crop_mode=settings["crop_mode"])
     data = assemble(train, val, train_transform, eval_transform, seed=cfg.seed, train_samples=cfg.train_samples,
                     val_samples=cfg.val_samples, fixed_size=prog is None)
     return RunData(data, prog, getattr(train, "name", "") or cfg.dataset, cfg.num_classes or train.num_classes,
                    in_chans, eval_img_size, tuple(mean), tuple(std))
+
+
+# -- data sets and transforms as timm (issue 12) ------------------------------------------------------
+def split_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The split names, class map and column keys of ``cfg`` as :func:`data.datasets.load_splits` takes them."""
+    return dict(train_split=cfg.train_split, val_split=cfg.val_split, class_map=cfg.class_map,
+                input_key=cfg.input_key, target_key=cfg.target_key)
+
+
+def data_settings(cfg: TrainConfig, native_size: int | None, model: str | None = None) -> dict[str, Any]:
+    """Image size, mean/std, eval crop (``crop_pct``, ``crop_mode``) and interpolation of a run.
+
+    Image-file data sets (imagefolder, hfds, wds, CIFAR; RGB photos of any size) resolve every setting
+    left unset from the model's ``pretrained_cfg`` as timm's ``resolve_data_config`` does, so a model sees
+    data prepared as its weights expect. The embedded Fashion-MNIST keeps its own statistics and native
+    28 px (gray 28×28 images: ImageNet statistics would mis-normalize them, 224 px would be 64× the work for
+    no information), and so does data handed to the trainer directly."""
+    from ..data.datasets import FILE_DATASETS, dataset_key
+    from ..data.transforms import resolve_data_config, resolve_mean_std
+
+    if dataset_key(cfg.dataset) in FILE_DATASETS:
+        from ..registry import default_pretrained_cfg
+
+        dc = resolve_data_config(default_pretrained_cfg(model or cfg.model), img_size=cfg.img_size, mean=cfg.mean,
+                                 std=cfg.std, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
+        return {**dc, "img_size": dc["input_size"][-1]}
+    mean, std = (tuple(cfg.mean), tuple(cfg.std)) if cfg.mean and cfg.std else resolve_mean_std(cfg.dataset)
+    return {"img_size": cfg.img_size or native_size, "mean": mean, "std": std, "crop_pct": cfg.crop_pct or 0.875,
+            "crop_mode": "center", "interpolation": cfg.interpolation or "bilinear"}
 
 
 def build_model(cfg: TrainConfig, run: RunData, dist: DistInfo) -> nn.Module:

@@ -51,6 +51,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError
+from ..interop.io import atomic_write, temp_name
+from ..interop.io import fsync_dir as _fsync_dir
 
 STATE_FORMAT = "moderncnn-train-state"
 STATE_VERSION = 1
@@ -80,42 +82,6 @@ WRITE_POINTS = (
 def _fault(point: str) -> None:
     if FAULT_HOOK is not None:
         FAULT_HOOK(point)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:  # make renames in the folder durable
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # not every file system lets a directory be opened
-        pass
-
-
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` then move ``tmp`` onto ``path`` atomically (temp file + fsync + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _plain_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -219,7 +185,7 @@ def _link(src: Path, dst: Path) -> None:
     """Replace ``dst`` by a hard link to ``src`` (a copy where hard links are not possible), atomically."""
     if dst.exists() and os.path.samefile(src, dst):
         return
-    tmp = _temp_name(dst)
+    tmp = temp_name(dst)
     try:
         try:
             os.link(src, tmp)

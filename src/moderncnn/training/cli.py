@@ -41,7 +41,7 @@ _TRAIN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--in-chans",), "in_chans", dict(type=int, help="model input channels (3 with gray data repeats it)")),
     (("--drop",), "drop", dict(type=float, help="dropout before the classifier")),
     (("--drop-path",), "drop_path", dict(type=float, help="stochastic depth rate")),
-    (("--dataset",), "dataset", dict(help="fashion-mnist, imagefolder, cifar10, cifar100")),
+    (("--dataset",), "dataset", dict(help="fashion-mnist, imagefolder, cifar10, cifar100, hfds/NAME, hfds, wds")),
     (("--data-dir", "--data"), "data_dir", dict()),
     (("--download",), "download", dict(action=_BOOL)),
     (("--img-size",), "img_size", dict(type=int)),
@@ -49,7 +49,7 @@ _TRAIN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--train-crop",), "train_crop", dict(choices=["rrc", "pad"])),
     (("--scale",), "scale", dict(type=float, nargs=2)),
     (("--hflip",), "hflip", dict(type=float)),
-    (("--aa",), "aa", dict(help="RandAugment, timm style: rand-m9-n2-mstd0.5")),
+    (("--aa",), "aa", dict(help="RandAugment rand-m9-n2-mstd0.5 or AutoAugment v0, v0r, original, originalr")),
     (("--reprob",), "reprob", dict(type=float, help="random erasing probability")),
     (("--crop-pct",), "crop_pct", dict(type=float)),
     (("--mean",), "mean", dict(type=float, nargs="+")),
@@ -58,6 +58,15 @@ _TRAIN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--val-samples",), "val_samples", dict(type=int)),
     (("-j", "--workers"), "workers", dict(type=int)),
     (("--threads",), "threads", dict(type=int, help="torch threads per process")),
+    # -- data sets and transforms as timm (issue 12) --
+    (("--train-split",), "train_split", dict(help="training split: sub-folder, hfds split or wds shard pattern "
+                                                  "(default train)")),
+    (("--val-split",), "val_split", dict(help="validation split (default validation; val/, test/... found too)")),
+    (("--class-map",), "class_map", dict(help="text file of class names, one per line (index = line number)")),
+    (("--input-key",), "input_key", dict(help="hfds image column (image) / wds image extensions (jpg;png)")),
+    (("--target-key",), "target_key", dict(help="hfds label column (label) / wds label extension (cls)")),
+    (("--interpolation",), "interpolation", dict(choices=["bilinear", "bicubic", "nearest"],
+                                                 help="eval resize (default: the model's pretrained_cfg)")),
     (("--epochs",), "epochs", dict(type=int)),
     (("-b", "--batch-size"), "batch_size", dict(type=int, help="per process (global = b × processes × accum)")),
     (("--lr",), "lr", dict(type=float, help="absolute learning rate (default: lr-base × global batch / lr-base-size)")),
@@ -132,6 +141,18 @@ _TRAIN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
 ]
 
 
+# -- data sets and transforms as timm (issue 12): what `eval` may read differently from the run's config --
+# (timm's validate.py calls the split --split; both spellings are taken)
+_EVAL_DATA_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
+    (("--val-split", "--split"), "val_split", dict(help="split to evaluate (default: the run's, else validation)")),
+    (("--class-map",), "class_map", dict(help="text file of class names, one per line")),
+    (("--input-key",), "input_key", dict()),
+    (("--target-key",), "target_key", dict()),
+    (("--interpolation",), "interpolation", dict(choices=["bilinear", "bicubic", "nearest"])),
+    (("--crop-pct",), "crop_pct", dict(type=float)),
+]
+
+
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", "-c", "--config", dest="recipe",
                    help=f"recipe name ({', '.join(list_recipes())}) or a YAML file")
@@ -177,6 +198,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, img_size=args.img_size,
                         batch_size=args.batch_size, workers=args.workers, val_samples=args.val_samples,
                         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                        data_options={dest: getattr(args, dest) for _, dest, _ in _EVAL_DATA_FLAGS},
                         progress=not args.no_progress and sys.stderr.isatty())
     return 0
 
@@ -223,6 +245,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("-j", "--workers", type=int, default=0)
     e.add_argument("--val-samples", type=int, default=None)
     e.add_argument("--device", default=None)
+    for flags, dest, kw in _EVAL_DATA_FLAGS:
+        e.add_argument(*flags, dest=dest, default=None, **kw)
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_run_eval)
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..validation import Choice, Flag, Number, Text, Tuple
+from ..validation import Choice, Flag, Number, Text, Tuple, device_syntax
 
 
 @dataclass
@@ -44,7 +44,7 @@ class TrainConfig:
     train_crop: str = "rrc"  # "rrc" (RandomResizedCrop) or "pad" (pad-and-crop, for tiny images)
     scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
     hflip: float = 0.5
-    aa: str | None = None  # RandAugment as timm writes it: "rand-m9-n2-mstd0.5"
+    aa: str | None = None  # as timm writes it: RandAugment "rand-m9-n2-mstd0.5", AutoAugment "v0", "original"
     reprob: float = 0.0  # random erasing probability
     crop_pct: float | None = None  # eval centre-crop fraction; None: the transform's default
     mean: tuple[float, ...] | None = None  # None: the data set's statistics
@@ -53,6 +53,15 @@ class TrainConfig:
     val_samples: int | None = None
     workers: int = 2
     threads: int | None = None  # torch intra-op threads of each process; None: torch's default
+    # -- data sets and transforms as timm (issue 12) ---------------------------------------------------
+    # (docs/training.md, "Data"; img_size/mean/std/crop_pct/interpolation left unset take the model's
+    # pretrained_cfg for image-file data sets, as timm's resolve_data_config does)
+    train_split: str = "train"  # timm's names: an image folder's sub-folder, an hfds split, wds shards
+    val_split: str = "validation"  # also finds val/, valid/, eval/, test/ ... (timm's synonyms)
+    class_map: str | None = None  # text file of class names, one per line (index = line number)
+    input_key: str | None = None  # hfds image column (default "image"); wds image extensions ("jpg;png")
+    target_key: str | None = None  # hfds label column (default "label"); wds label extension ("cls")
+    interpolation: str | None = None  # eval resize: bilinear, bicubic, nearest; None: pretrained_cfg's
     # -- optimization --------------------------------------------------------------------------------
     epochs: int = 10
     batch_size: int = 128  # per process
@@ -195,6 +204,15 @@ def _rules() -> dict[str, Any]:
     }
 
 
+# -- data sets and transforms as timm (issue 12) ------------------------------------------------------
+def _timm_data_rules() -> dict[str, Any]:
+    from ..data.transforms import INTERPOLATIONS
+
+    return {"train_split": Text(), "val_split": Text(), "class_map": Text(optional=True),
+            "input_key": Text(optional=True), "target_key": Text(optional=True),
+            "interpolation": Choice(INTERPOLATIONS, optional=True)}
+
+
 _RULES: dict[str, Any] = {}
 # no optimizer here trains with a larger step; beyond float32's range (~3.4e38, e.g. --lr 1e38 with Adam's
 # bias correction) the optimizer itself fails
@@ -212,7 +230,7 @@ def validate(cfg: TrainConfig) -> None:
     """Check every option of ``cfg`` once (normalizing in place: numbers given as strings, lists to
     tuples); a :class:`ConfigError` names each bad option with its valid range."""
     if not _RULES:
-        _RULES.update(_rules(), **_timm_rules())
+        _RULES.update(_rules(), **_timm_data_rules(), **_timm_rules())
     problems = []
     for name, rule in _RULES.items():
         try:
@@ -253,11 +271,11 @@ def _check_special(cfg: TrainConfig) -> None:
 
     dataset_key(cfg.dataset)
     if cfg.device is not None:
-        _device_syntax(cfg.device)
+        device_syntax(cfg.device, _flag("device"))
     if cfg.aa and cfg.aa.lower() != "none":
-        from ..data.transforms import rand_augment
+        from ..data.transforms import parse_aa
 
-        rand_augment(cfg.aa)  # every section honoured or a ConfigError naming it
+        parse_aa(cfg.aa)  # RandAugment or AutoAugment, every section honoured or a ConfigError naming it
     _check_timm_flags(cfg)
 
 
@@ -297,15 +315,6 @@ def _check_timm_flags(cfg: TrainConfig) -> None:
                           "pip install 'moderncnn[tensorboard]' (or leave out --log-tensorboard)")
 
 
-def _device_syntax(name: str) -> None:
-    import torch
-
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"device (--device) must be cpu, cuda or cuda:N, got {name!r}") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device (--device) must be cpu, cuda or cuda:N, got {name!r}")
 _TUPLE_FIELDS = {"scale", "mean", "std", "opt_betas", "prog_size", "prog_ra_magnitude", "prog_mixup",
                  "prog_cutmix", "prog_dropout", "prog_batch_sizes"}
 

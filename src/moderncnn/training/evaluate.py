@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,14 +60,19 @@ def evaluate_checkpoint(
     val_samples: int | None = None,
     device: str = "cpu",
     verbose: bool = True,
+    data_options: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Top-1/top-5 (and loss) of a run folder's weights (``best``, else ``last``; raw and EMA), or of one
-    weights file written by ``moderncnn train``. Returns ``{"raw": {...}, "ema": {...}}``."""
+    weights file written by ``moderncnn train``. Returns ``{"raw": {...}, "ema": {...}}``.
+
+    ``data_options``: training options that replace the run's for this evaluation (``val_split``,
+    ``class_map``, ``input_key``, ``target_key``, ``interpolation``, ``crop_pct``; docs/training.md, "Data")."""
     from ..data.assembly import AugmentedDataset, random_subset
     from ..data.datasets import check_eval_classes, load_dataset
-    from ..data.transforms import build_eval_transform, resolve_mean_std
+    from ..data.transforms import build_eval_transform
     from ..interop.spec import read_description
+    from .build import data_settings
     from .checkpoint import load_weights_file
     from .config import TrainConfig, from_dict, read_yaml
 
@@ -83,7 +89,9 @@ def evaluate_checkpoint(
         raise CheckpointError(f"checkpoint {path} does not exist")
     cfg = from_dict(read_yaml(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else TrainConfig()
     dataset = dataset or cfg.dataset
-    ds = load_dataset(dataset, data_dir=data_dir if data_dir is not None else cfg.data_dir, split="val")
+    cfg = cfg.replace(dataset=dataset, **{k: v for k, v in (data_options or {}).items() if v is not None})
+    ds = load_dataset(dataset, data_dir=data_dir if data_dir is not None else cfg.data_dir, split=cfg.val_split,
+                      class_map=cfg.class_map, input_key=cfg.input_key, target_key=cfg.target_key)
     results: dict[str, dict[str, float]] = {}
     for which, f in files.items():
         if not f.is_file():
@@ -92,14 +100,16 @@ def evaluate_checkpoint(
         check_eval_classes(spec.num_classes, ds, f"{f.name} ({spec.name})")
         model = spec.build()
         model.load_state_dict(load_weights_file(f)[0])
-        size = img_size or extra.get("img_size") or cfg.eval_img_size or cfg.img_size or ds.image_size
+        # the run's own settings; unset ones resolved as training resolved them (build.data_settings)
+        settings = data_settings(cfg, ds.image_size if isinstance(ds.image_size, int) else None, model=spec.name)
+        size = img_size or extra.get("img_size") or cfg.eval_img_size or settings["img_size"]
         if "mean" in extra and "std" in extra:
             mean, std = extra["mean"], extra["std"]
         else:
-            mean, std = (cfg.mean, cfg.std) if cfg.mean and cfg.std else resolve_mean_std(dataset)
-        kw = {} if cfg.crop_pct is None else {"crop_pct": cfg.crop_pct}
+            mean, std = settings["mean"], settings["std"]
         transform = build_eval_transform(size, in_chans=spec.in_chans, source_chans=ds.in_chans, mean=mean, std=std,
-                                         **kw)
+                                         crop_pct=settings["crop_pct"], interpolation=settings["interpolation"],
+                                         crop_mode=settings["crop_mode"])
         val = AugmentedDataset(ds, random_subset(len(ds), val_samples, cfg.seed + 1), transform, seeded=False)
         loader = DataLoader(val, batch_size=batch_size, num_workers=workers)
         results[which] = r = evaluate(model.to(device), loader, device=device, progress=progress)

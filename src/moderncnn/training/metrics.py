@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
+from ..interop.io import atomic_write, atomic_write_text
 from ..plotting import pyplot
-from .checkpoint import atomic_write, atomic_write_text
 
 CSV_COLUMNS = [
     "epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr",

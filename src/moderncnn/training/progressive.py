@@ -19,6 +19,13 @@ Two behaviours are provided, because the paper and the released code disagree (d
     ``= linspace(mix_min, mix_max, M)[k]``; dropout is **constant** at its maximum (the released code computes a
     dropout list and then deletes it). With ``size_divisor > 1`` the truncated size is rounded down to a multiple.
 
+``mode="random"`` (a control, not a method of the paper)
+    The ranges of ``paper``, but stage ``i`` draws its image size uniformly at random from ``[size_min, size_max]``
+    (``random.Random(seed)``, so a run and its resume agree) instead of growing it, and every regularizer sits at
+    the same relative place in its range as the drawn size: a larger image trains with stronger regularization,
+    as adaptive regularization asks, but sizes do not grow. It separates "growing sizes" from "varying sizes"
+    (the ``progressive`` experiment, docs/experiments/README.md).
+
 Stages split the epochs as the official code splits steps: stage ``k`` ends at ``int(total_epochs * (k+1) / M)``,
 so every stage gets ``N / M`` epochs when ``M`` divides ``N`` and the last stage always ends at ``N``.
 """
@@ -26,6 +33,7 @@ so every stage gets ``N / M`` epochs when ``M`` divides ``N`` and the last stage
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +46,7 @@ from ..plotting import pyplot
 __all__ = ["MODES", "PROGRESSIVE_TARGETS", "ProgressiveSchedule", "StageParams", "from_model", "has_targets",
            "schedule_for", "set_dropout"]
 
-MODES = ("paper", "official")
+MODES = ("paper", "official", "random")
 
 Range = tuple[float, float]
 
@@ -96,8 +104,9 @@ class ProgressiveSchedule:
         mixup, cutmix: (min, max) alpha of mixup and cutmix.
         dropout: (min, max) classifier dropout; constant at max in ``official`` mode.
         batch_sizes: optional per-stage batch sizes (smaller images allow larger batches); length ``num_stages``.
-        mode: ``"paper"`` or ``"official"`` (see the module docstring).
+        mode: ``"paper"``, ``"official"`` or ``"random"`` (see the module docstring).
         size_divisor: image sizes are made multiples of this (1 keeps the reference values).
+        seed: the draw of ``"random"`` mode (unused by the others).
 
     A single number instead of a pair means "constant".
     """
@@ -115,6 +124,7 @@ class ProgressiveSchedule:
         batch_sizes: list[int] | None = None,
         mode: str = "paper",
         size_divisor: int = 1,
+        seed: int = 0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"Unknown progressive mode {mode!r}; expected one of {', '.join(MODES)}.")
@@ -139,6 +149,9 @@ class ProgressiveSchedule:
         self.batch_sizes = list(batch_sizes) if batch_sizes is not None else None
         self.mode = mode
         self.size_divisor = int(size_divisor)
+        self.seed = int(seed)
+        rng = random.Random(self.seed)
+        self._draws = [rng.random() for _ in range(self.num_stages)]  # "random" mode's place of each stage
         self._stages = [self._build_stage(k) for k in range(self.num_stages)]
 
     # ----------------------------------------------------------------------------------------------------------
@@ -147,6 +160,16 @@ class ProgressiveSchedule:
         start = self.total_epochs * k // m
         end = self.total_epochs * (k + 1) // m
         d = self.size_divisor
+        if self.mode == "random":
+            t = self._draws[k]
+
+            def at(r: Range) -> float:
+                return r[0] + (r[1] - r[0]) * t
+
+            return StageParams(stage=k, start_epoch=start, end_epoch=end, img_size=int(round(at(self.size) / d)) * d,
+                               ra_magnitude=at(self.ra_magnitude), mixup_alpha=at(self.mixup),
+                               cutmix_alpha=at(self.cutmix), dropout=at(self.dropout),
+                               batch_size=self.batch_sizes[k] if self.batch_sizes is not None else None)
         if self.mode == "paper":
             size_f = _linspace(*self.size, m, k)
             img_size = int(round(size_f / d)) * d
@@ -259,6 +282,7 @@ class ProgressiveSchedule:
             batch_sizes=self.batch_sizes,
             mode=self.mode,
             size_divisor=self.size_divisor,
+            seed=self.seed,
         )
 
     @classmethod
@@ -343,7 +367,7 @@ def from_model(name: str, total_epochs: int, mode: str = "official", **overrides
     """
     if mode not in MODES:
         raise ValueError(f"Unknown progressive mode {mode!r}; expected one of {', '.join(MODES)}.")
-    t = PROGRESSIVE_TARGETS[mode][_variant(name)]
+    t = PROGRESSIVE_TARGETS["paper" if mode == "random" else mode][_variant(name)]
     kwargs = dict(size=t["size"], ra_magnitude=t["ra_magnitude"], mixup=t["mix"], cutmix=t["mix"],
                   dropout=t["dropout"], mode=mode)
     kwargs.update(overrides)
@@ -352,7 +376,7 @@ def from_model(name: str, total_epochs: int, mode: str = "official", **overrides
 
 
 def schedule_for(model: str, total_epochs: int, mode: str, *, num_stages: int, default_dropout: float | None,
-                 **ranges) -> ProgressiveSchedule:
+                 seed: int = 0, **ranges) -> ProgressiveSchedule:
     """The training run's schedule: model ``model``'s EfficientNetV2 table with ``ranges`` (``size``,
     ``ra_magnitude``, ``mixup``, ``cutmix``, ``dropout``, ``batch_sizes``) overriding it; a model without a
     table needs ``size`` and gets RandAugment off and ``default_dropout`` throughout unless given. Every invalid
@@ -361,14 +385,14 @@ def schedule_for(model: str, total_epochs: int, mode: str, *, num_stages: int, d
         raise ConfigError(f"--progressive {mode!r}: expected one of {', '.join(MODES)}")
     try:
         if has_targets(model):
-            return from_model(model, total_epochs, mode, num_stages=num_stages, **ranges)
+            return from_model(model, total_epochs, mode, num_stages=num_stages, seed=seed, **ranges)
         if "size" not in ranges:
             raise ConfigError(
                 f"{model} has no EfficientNetV2 progressive table; give the ranges yourself "
                 "(prog_size: [min, max], and optionally prog_ra_magnitude, prog_mixup, prog_dropout)"
             )
         ranges = {"ra_magnitude": 0.0, "dropout": default_dropout or 0.0, **ranges}
-        return ProgressiveSchedule(total_epochs, num_stages=num_stages, mode=mode, **ranges)
+        return ProgressiveSchedule(total_epochs, num_stages=num_stages, mode=mode, seed=seed, **ranges)
     except ConfigError:
         raise
     except ValueError as exc:  # the schedule's own range checks

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, ConfigError
+from ..interop.io import atomic_write_text
 from ..validation import check_output_dir
 from . import checkpoint as ckpt_io
 from .config import TrainConfig, from_dict
@@ -286,4 +287,4 @@ def report_bad_images(run_dir: Path, *datasets: Any) -> None:
     if bad:
         print(f"skipped {len(bad)} unreadable image(s) so far (--skip-bad-images), listed in "
               f"{run_dir / 'bad_images.txt'}", flush=True)
-        ckpt_io.atomic_write_text(run_dir / "bad_images.txt", "\n".join(bad) + "\n")
+        atomic_write_text(run_dir / "bad_images.txt", "\n".join(bad) + "\n")

@@ -224,7 +224,8 @@ class Trainer:
                 self.save("last")
                 self.log(f"stopped at --max-steps {cfg.max_steps} (epoch {self.epoch + 1}, step "
                          f"{self.step_in_epoch}); continue with --resume {self.run_dir}")
-                row = row or {f"eval_{k}": v for k, v in self._evaluate(self.model).items()}
+                # the last row is the current model's: an earlier epoch's row (say with --eval-interval 2) is not
+                row = {f"eval_{k}": v for k, v in self._evaluate(self.model).items()}
             if cfg.fuse and self.primary:
                 deploy = self.export_deploy()
             barrier(self.dist)
