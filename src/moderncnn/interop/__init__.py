@@ -4,7 +4,8 @@ Each family module registers converters with :func:`register_layout`; a converte
 dict to our key names (``convert(state_dict, model) -> state_dict``). ``load_weights`` reads the file
 safely (safetensors, or ``torch.load(weights_only=True)``), unwraps training checkpoints, strips
 ``module.``/``model.`` prefixes, converts, and loads with a report of every missing, unexpected or
-mis-shaped key.
+mis-shaped key. :func:`export_state_dict` goes the other way (ours -> timm or official), where a family
+registers the inverse.
 """
 
 from __future__ import annotations
@@ -29,10 +30,34 @@ _EMA_KEYS = ("state_dict_ema", "model_ema", "ema", "ema_state_dict")
 _PREFIXES = ("module.", "model.", "_orig_mod.", "backbone.")
 
 
-def register_layout(family: str, layout: str, convert: Converter) -> None:
+_EXPORTERS: dict[tuple[str, str], Converter] = {}
+
+
+def register_layout(family: str, layout: str, convert: Converter, export: Converter | None = None) -> None:
+    """``convert`` maps ``layout``'s keys to ours; ``export`` (optional) is its inverse, ours -> ``layout``."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     _CONVERTERS[(family, layout)] = convert
+    if export is not None:
+        _EXPORTERS[(family, layout)] = export
+
+
+def export_state_dict(model: nn.Module, layout: str) -> StateDict:
+    """``model``'s weights in another layout's key names (``"timm"``, ``"official"``), the inverse of
+    :func:`convert_state_dict`: what that code base's own model of the same configuration loads."""
+    _ensure_loaded()
+    family = getattr(model, "family", "")
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if layout == "native":
+        return sd
+    if (family, layout) not in _EXPORTERS:
+        have = sorted(lay for fam, lay in _EXPORTERS if fam == family)
+        raise CheckpointError(f"no export to the {layout!r} layout for the {family or type(model).__name__} family "
+                              f"(available: native{''.join(', ' + h for h in have)})")
+    if getattr(model, "features_only", False) or getattr(model, "is_fused", False):
+        raise CheckpointError(f"export to the {layout!r} layout takes a whole model in train or reparameterized "
+                              "form, not a features-only or fused one")
+    return _EXPORTERS[(family, layout)](sd, model)
 
 
 def _ensure_loaded() -> None:
@@ -95,6 +120,16 @@ def _unwrap(obj: Mapping, use_ema: bool) -> Mapping:
         if isinstance(obj.get(key), Mapping):
             return _unwrap(obj[key], use_ema)
     return obj
+
+
+def swap_prefix(key: str, pairs: tuple[tuple[str, str], ...] | dict[str, str], reverse: bool = False) -> str:
+    """``key`` with its first matching prefix replaced, from a converter's ``(theirs, ours)`` table
+    (``reverse`` reads the table ours -> theirs, for exports)."""
+    for old, new in pairs.items() if isinstance(pairs, dict) else pairs:
+        old, new = (new, old) if reverse else (old, new)
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
 
 
 def strip_prefixes(sd: StateDict) -> StateDict:
@@ -256,4 +291,4 @@ def _load_converted(model: nn.Module, sd: StateDict, used: str, strict: bool,
 
 
 __all__ = ["load_weights", "load_pretrained", "adapt_input_conv", "read_state_dict", "register_layout",
-           "convert_state_dict", "strip_prefixes"]
+           "convert_state_dict", "export_state_dict", "strip_prefixes"]

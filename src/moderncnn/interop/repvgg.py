@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from . import StateDict, register_layout
+from . import StateDict, register_layout, swap_prefix
 from .official import register_official_class
 
 _TIMM_BLOCK = (("conv_kxk.", "conv_3x3."), ("attn.fc1.", "se.reduce."), ("attn.fc2.", "se.expand."))
@@ -86,6 +86,32 @@ def official_to_native(sd: StateDict, model: nn.Module) -> StateDict:
     return out
 
 
+def native_to_timm(sd: StateDict, model: nn.Module) -> StateDict:
+    """Ours -> timm ``repvgg_*`` (the inverse of :func:`timm_to_native`)."""
+    out = {}
+    for key, value in sd.items():
+        if key.startswith("stages.0.0."):
+            key = "stem." + swap_prefix(key[len("stages.0.0."):], _TIMM_BLOCK, reverse=True)
+        elif m := re.match(r"stages\.(\d+)\.(\d+)\.(.*)", key):
+            key = f"stages.{int(m[1]) - 1}.{m[2]}." + swap_prefix(m[3], _TIMM_BLOCK, reverse=True)
+        out[key] = value
+    return out
+
+
+def native_to_official(sd: StateDict, model: nn.Module) -> StateDict:
+    """Ours -> official ``repvgg.RepVGG`` (the inverse of :func:`official_to_native`)."""
+    out = {}
+    for key, value in sd.items():
+        if key.startswith("stages.0.0."):
+            key = "stage0." + swap_prefix(key[len("stages.0.0."):], _OFFICIAL_BLOCK, reverse=True)
+        elif m := re.match(r"stages\.(\d+)\.(\d+)\.(.*)", key):
+            key = f"stage{m[1]}.{m[2]}." + swap_prefix(m[3], _OFFICIAL_BLOCK, reverse=True)
+        else:
+            key = swap_prefix(key, (("linear.", "head.fc."),), reverse=True)
+        out[key] = value
+    return out
+
+
 def build_from_official(config: dict[str, Any], **kwargs: Any) -> nn.Module:
     """Our model equal to ``repvgg.RepVGG(**config)`` of the official code.
 
@@ -129,8 +155,8 @@ def build_from_official(config: dict[str, Any], **kwargs: Any) -> nn.Module:
     return model
 
 
-register_layout("repvgg", "timm", timm_to_native)
-register_layout("repvgg", "official", official_to_native)
+register_layout("repvgg", "timm", timm_to_native, export=native_to_timm)
+register_layout("repvgg", "official", official_to_native, export=native_to_official)
 register_official_class("repvgg.RepVGG", build_from_official)
 
-__all__ = ["timm_to_native", "official_to_native", "build_from_official"]
+__all__ = ["timm_to_native", "official_to_native", "native_to_timm", "native_to_official", "build_from_official"]

@@ -53,14 +53,17 @@ def evaluate_checkpoint(
     val_samples: int | None = None,
     device: str = "cpu",
     verbose: bool = True,
+    model: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Top-1/top-5 (and loss) of a run folder's weights (``best``, else ``last``; raw and EMA), or of one
-    weights file written by ``moderncnn train``. Returns ``{"raw": {...}, "ema": {...}}``."""
+    weights file: one moderncnn wrote (``train``, ``convert``, ``fuse``), or, with ``model`` (a registered
+    name), any checkpoint :func:`moderncnn.load_weights` reads (timm's, the official layout), its class
+    count and input channels read off the weights. Returns ``{"raw": {...}, "ema": {...}}``."""
     from ..data.assembly import AugmentedDataset, random_subset
     from ..data.datasets import check_eval_classes, load_dataset
     from ..data.transforms import build_eval_transform, resolve_mean_std
-    from ..interop.spec import read_description
-    from .checkpoint import load_weights_file
+    from ..interop import load_weights
+    from ..interop.spec import ModelSpec, find_description, missing_description
     from .config import TrainConfig, from_dict, read_yaml
 
     path = Path(checkpoint)
@@ -81,10 +84,13 @@ def evaluate_checkpoint(
     for which, f in files.items():
         if not f.is_file():
             continue
-        spec, extra = read_description(f)
+        looked: list[str] = []
+        found = None if model else find_description(f, looked)
+        if found is None and not model:
+            raise missing_description(f, looked)
+        spec, extra = found or (ModelSpec.from_weights(model, f), {})
         check_eval_classes(spec.num_classes, ds, f"{f.name} ({spec.name})")
-        model = spec.build()
-        model.load_state_dict(load_weights_file(f)[0])
+        net = load_weights(spec.build(), f, layout="native" if found else "auto")
         size = img_size or extra.get("img_size") or cfg.eval_img_size or cfg.img_size or ds.image_size
         if "mean" in extra and "std" in extra:
             mean, std = extra["mean"], extra["std"]
@@ -95,7 +101,7 @@ def evaluate_checkpoint(
                                          **kw)
         val = AugmentedDataset(ds, random_subset(len(ds), val_samples, cfg.seed + 1), transform, seeded=False)
         loader = DataLoader(val, batch_size=batch_size, num_workers=workers)
-        results[which] = r = evaluate(model.to(device), loader, device=device)
+        results[which] = r = evaluate(net.to(device), loader, device=device)
         if verbose:
             print(f"{which:>4} {f.name}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}  "
                   f"({r['images']} {dataset} val images at {size} px)")
