@@ -18,6 +18,7 @@ form (fuse afterwards with ``moderncnn.reparameterize_model``).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -86,30 +87,30 @@ def official_to_native(sd: StateDict, model: nn.Module) -> StateDict:
     return out
 
 
-def native_to_timm(sd: StateDict, model: nn.Module) -> StateDict:
-    """Ours -> timm ``repvgg_*`` (the inverse of :func:`timm_to_native`)."""
+def _to_foreign(sd: StateDict, stem: str, stage: Callable[[int, str], str], block: tuple[tuple[str, str], ...],
+                top: tuple[tuple[str, str], ...] = ()) -> StateDict:
+    """Ours -> a foreign layout: ``stages.0.0`` becomes ``stem``, ``stages.i.j`` becomes ``stage(i, j)``, block
+    layers and top-level keys renamed by the (foreign, ours) tables read backwards."""
     out = {}
     for key, value in sd.items():
         if key.startswith("stages.0.0."):
-            key = "stem." + swap_prefix(key[len("stages.0.0."):], _TIMM_BLOCK, reverse=True)
+            key = stem + swap_prefix(key[len("stages.0.0."):], block, reverse=True)
         elif m := re.match(r"stages\.(\d+)\.(\d+)\.(.*)", key):
-            key = f"stages.{int(m[1]) - 1}.{m[2]}." + swap_prefix(m[3], _TIMM_BLOCK, reverse=True)
+            key = stage(int(m[1]), m[2]) + swap_prefix(m[3], block, reverse=True)
+        else:
+            key = swap_prefix(key, top, reverse=True)
         out[key] = value
     return out
+
+
+def native_to_timm(sd: StateDict, model: nn.Module) -> StateDict:
+    """Ours -> timm ``repvgg_*`` (the inverse of :func:`timm_to_native`)."""
+    return _to_foreign(sd, "stem.", lambda i, j: f"stages.{i - 1}.{j}.", _TIMM_BLOCK)
 
 
 def native_to_official(sd: StateDict, model: nn.Module) -> StateDict:
     """Ours -> official ``repvgg.RepVGG`` (the inverse of :func:`official_to_native`)."""
-    out = {}
-    for key, value in sd.items():
-        if key.startswith("stages.0.0."):
-            key = "stage0." + swap_prefix(key[len("stages.0.0."):], _OFFICIAL_BLOCK, reverse=True)
-        elif m := re.match(r"stages\.(\d+)\.(\d+)\.(.*)", key):
-            key = f"stage{m[1]}.{m[2]}." + swap_prefix(m[3], _OFFICIAL_BLOCK, reverse=True)
-        else:
-            key = swap_prefix(key, (("linear.", "head.fc."),), reverse=True)
-        out[key] = value
-    return out
+    return _to_foreign(sd, "stage0.", lambda i, j: f"stage{i}.{j}.", _OFFICIAL_BLOCK, (("linear.", "head.fc."),))
 
 
 def build_from_official(config: dict[str, Any], **kwargs: Any) -> nn.Module:
