@@ -55,6 +55,9 @@ def create_model(
     """
     name, tag = _split_tag(name)
     cfg_in = _pretrained_cfg_dict(pretrained_cfg)
+    if pretrained_cfg_overlay is not None and not isinstance(pretrained_cfg_overlay, Mapping):
+        raise ConfigError(f"pretrained_cfg_overlay must be a dict, e.g. dict(file=PATH), got "
+                          f"{type(pretrained_cfg_overlay).__name__}")
     cfg_in.update(pretrained_cfg_overlay or {})
     if num_classes is None:
         num_classes = int(cfg_in.get("num_classes", 1000))
@@ -66,8 +69,11 @@ def create_model(
             opts[key] = value
     model = build_model(name, **opts)
     if hasattr(model, "pretrained_cfg"):
-        # the table's values, then what the caller gave (timm's overlay); the model keeps its own class count
-        model.pretrained_cfg.update({k: v for k, v in cfg_in.items() if k not in ("state_dict", "input_size")})
+        # the table's values, then what the caller gave (timm's overlay); sizes take the model's channels
+        model.pretrained_cfg.update({k: v for k, v in cfg_in.items() if k != "state_dict"})
+        for key in ("input_size", "test_input_size"):
+            if key in cfg_in:
+                model.pretrained_cfg[key] = (in_chans, *tuple(cfg_in[key])[1:])
         if tag:
             model.pretrained_cfg["tag"] = tag
     if pretrained:
