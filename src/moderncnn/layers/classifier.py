@@ -79,7 +79,7 @@ class ClassifierHead(nn.Module):
             x = norm(x)
         x = global_pool(x, self.pool_type)  # (N, C, H, W) -> (N, C) unless pool_type is ''
         if norm is not None and not self.norm_before_pool:
-            x = norm(x) if x.ndim == 2 else _norm_map(norm, x)
+            x = _norm_map(norm, x) if self.pool_type == "" else norm(x)  # decided by the config: fx-traceable
         if pre_logits:
             return x
         return self.fc(self.drop(x))
