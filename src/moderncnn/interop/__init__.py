@@ -4,12 +4,14 @@ Each family module registers converters with :func:`register_layout`; a converte
 dict to our key names (``convert(state_dict, model) -> state_dict``). ``load_weights`` reads the file
 safely (safetensors, or ``torch.load(weights_only=True)``), unwraps training checkpoints, strips
 ``module.``/``model.`` prefixes, converts, and loads with a report of every missing, unexpected or
-mis-shaped key.
+mis-shaped key. :func:`export_state_dict` goes the other way (ours -> timm or official), where a family
+registers the inverse.
 """
 
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -28,10 +30,34 @@ _EMA_KEYS = ("state_dict_ema", "model_ema", "ema", "ema_state_dict")
 _PREFIXES = ("module.", "model.", "_orig_mod.", "backbone.")
 
 
-def register_layout(family: str, layout: str, convert: Converter) -> None:
+_EXPORTERS: dict[tuple[str, str], Converter] = {}
+
+
+def register_layout(family: str, layout: str, convert: Converter, export: Converter | None = None) -> None:
+    """``convert`` maps ``layout``'s keys to ours; ``export`` (optional) is its inverse, ours -> ``layout``."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     _CONVERTERS[(family, layout)] = convert
+    if export is not None:
+        _EXPORTERS[(family, layout)] = export
+
+
+def export_state_dict(model: nn.Module, layout: str) -> StateDict:
+    """``model``'s weights in another layout's key names (``"timm"``, ``"official"``), the inverse of
+    :func:`convert_state_dict`: what that code base's own model of the same configuration loads."""
+    _ensure_loaded()
+    family = getattr(model, "family", "")
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if layout == "native":
+        return sd
+    if (family, layout) not in _EXPORTERS:
+        have = sorted(lay for fam, lay in _EXPORTERS if fam == family)
+        raise CheckpointError(f"no export to the {layout!r} layout for the {family or type(model).__name__} family "
+                              f"(available: native{''.join(', ' + h for h in have)})")
+    if getattr(model, "features_only", False) or getattr(model, "is_fused", False):
+        raise CheckpointError(f"export to the {layout!r} layout takes a whole model in train or reparameterized "
+                              "form, not a features-only or fused one")
+    return _EXPORTERS[(family, layout)](sd, model)
 
 
 def _ensure_loaded() -> None:
@@ -96,6 +122,16 @@ def _unwrap(obj: Mapping, use_ema: bool) -> Mapping:
     return obj
 
 
+def swap_prefix(key: str, pairs: tuple[tuple[str, str], ...] | dict[str, str], reverse: bool = False) -> str:
+    """``key`` with its first matching prefix replaced, from a converter's ``(theirs, ours)`` table
+    (``reverse`` reads the table ours -> theirs, for exports)."""
+    for old, new in pairs.items() if isinstance(pairs, dict) else pairs:
+        old, new = (new, old) if reverse else (old, new)
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
 def strip_prefixes(sd: StateDict) -> StateDict:
     changed = True
     while changed:
@@ -153,12 +189,84 @@ def load_weights(
     are unwrapped (``state_dict``/``model``, or ``state_dict_ema``/``model_ema`` with ``use_ema=True``).
     With ``strict`` any missing, unexpected or mis-shaped key is an error naming them.
     """
-    sd = read_state_dict(source, use_ema=use_ema)
-    sd, used = convert_state_dict(sd, model, layout)
+    sd, used = convert_state_dict(read_state_dict(source, use_ema=use_ema), model, layout)
+    return _load_converted(model, sd, used, strict)
+
+
+def load_pretrained(
+    model: nn.Module,
+    source: str | Path | Mapping,
+    layout: str = "auto",
+    use_ema: bool = False,
+) -> nn.Module:
+    """Load pretrained weights into ``model``, adapting them as timm's ``load_pretrained`` does (in place).
+
+    - a classifier (``pretrained_cfg["classifier"]``) whose shape does not fit the model's class count is
+      left freshly initialised (fine-tuning to a new class count; ``num_classes=0`` drops it);
+    - a first conv (``pretrained_cfg["first_conv"]``) made for another number of input channels is
+      adapted by :func:`adapt_input_conv`;
+
+    each with a one-line warning. Everything else must fit exactly, as in :func:`load_weights` with
+    ``strict=True``.
+    """
+    sd, used = convert_state_dict(read_state_dict(source, use_ema=use_ema), model, layout)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    target = model.state_dict()
+    name = getattr(model, "model_name", type(model).__name__)
+    for conv in _names(cfg.get("first_conv")):
+        key = f"{conv}.weight"
+        if key in sd and key in target and sd[key].ndim == 4 and sd[key].shape != target[key].shape:
+            have, want = sd[key].shape[1], target[key].shape[1]
+            if sd[key].shape[0] == target[key].shape[0] and sd[key].shape[2:] == target[key].shape[2:]:
+                sd[key] = adapt_input_conv(want, sd[key])
+                warnings.warn(f"{name}: first conv {conv} adapted from {have} to {want} input channels "
+                              f"({'sum over the channels' if want == 1 else 'repeated and rescaled'}, as timm)",
+                              stacklevel=2)
+    dropped = []
+    for fc in _names(cfg.get("classifier")):
+        key = f"{fc}.weight"
+        if key in sd and (key not in target or sd[key].shape != target[key].shape):
+            have = sd[key].shape[0]
+            want = target[key].shape[0] if key in target else 0
+            for part in (key, f"{fc}.bias"):
+                if sd.pop(part, None) is not None and part in target:
+                    dropped.append(part)
+            warnings.warn(f"{name}: the checkpoint's classifier {fc} has {have} classes, the model {want}; "
+                          + ("it is left freshly initialised" if want else "it is left out"), stacklevel=2)
+    return _load_converted(model, sd, used, strict=True, allow_missing=dropped)
+
+
+def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
+    """A first-conv weight (O, I, kH, kW) for ``in_chans`` input channels instead of I, as timm adapts
+    pretrained stems: one channel takes the sum over the I channels (a gray image seen as I equal
+    channels gives the same response); more repeat the I channels cyclically and scale by I / in_chans
+    (so the response to a constant image keeps its size)."""
+    if weight.ndim != 4 or in_chans < 1:
+        raise CheckpointError(f"cannot adapt a first-conv weight of shape {tuple(weight.shape)} to {in_chans} "
+                              "input channels (expected a 4-D conv weight and in_chans >= 1)")
+    base = weight.shape[1]
+    if in_chans == base:
+        return weight
+    w = weight.float()  # half-precision sums on the CPU lose bits
+    if in_chans == 1:
+        w = w.sum(dim=1, keepdim=True)
+    else:
+        reps = -(-in_chans // base)
+        w = w.repeat(1, reps, 1, 1)[:, :in_chans] * (base / in_chans)
+    return w.to(weight.dtype)
+
+
+def _names(value: str | tuple | list | None) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value or ())
+
+
+def _load_converted(model: nn.Module, sd: StateDict, used: str, strict: bool,
+                    allow_missing: list[str] | tuple = ()) -> nn.Module:
+    """Load a state dict already in ``model``'s key names, naming every key that does not fit."""
     target = model.state_dict()
     if getattr(model, "features_only", False):  # the head was removed: ignore its weights
         sd = {k: v for k, v in sd.items() if k in target}
-    missing = [k for k in target if k not in sd and not k.endswith("num_batches_tracked")]
+    missing = [k for k in target if k not in sd and not k.endswith("num_batches_tracked") and k not in allow_missing]
     unexpected = [k for k in sd if k not in target]
     shapes = [
         f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
@@ -178,8 +286,9 @@ def load_weights(
         if k.endswith("num_batches_tracked") and k not in sd:
             sd[k] = target[k]
     sd = {k: v.to(dtype=target[k].dtype) if k in target and v.is_floating_point() else v for k, v in sd.items()}
-    model.load_state_dict(sd, strict=strict)
+    model.load_state_dict(sd, strict=strict and not allow_missing)
     return model
 
 
-__all__ = ["load_weights", "read_state_dict", "register_layout", "convert_state_dict", "strip_prefixes"]
+__all__ = ["load_weights", "load_pretrained", "adapt_input_conv", "read_state_dict", "register_layout",
+           "convert_state_dict", "export_state_dict", "strip_prefixes"]

@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from . import StateDict, register_layout
+from . import StateDict, register_layout, swap_prefix
 from .official import register_official_class
 
 
@@ -81,6 +81,26 @@ def convert_official(sd: StateDict, model: nn.Module) -> StateDict:
     return _fit_shapes({_official_key(k): v for k, v in sd.items()}, model)
 
 
+def native_to_official(sd: StateDict, model: nn.Module) -> StateDict:
+    """Ours -> the official layout (the inverse of :func:`convert_official`). The 1×1-conv MLPs of timm's
+    ``conv_mlp`` variants become the official Linear layers (the same function per position)."""
+    parts = {f"{ours}.": f"{theirs}." for theirs, ours in _BLOCK_PARTS.items()}
+    out = {}
+    for key, value in sd.items():
+        if m := re.match(r"^stem\.(\d)\.(.*)$", key):
+            key = f"downsample_layers.0.{m[1]}.{m[2]}"
+        elif m := re.match(r"^stages\.(\d+)\.downsample\.(\d)\.(.*)$", key):
+            key = f"downsample_layers.{m[1]}.{m[2]}.{m[3]}"
+        elif m := re.match(r"^stages\.(\d+)\.blocks\.(\d+)\.(.*)$", key):
+            key = f"stages.{m[1]}.{m[2]}." + ("gamma" if m[3] == "gamma" else swap_prefix(m[3], parts))
+            if ".pwconv" in key and value.ndim == 4:
+                value = value.flatten(1)  # (O, I, 1, 1) -> (O, I)
+        else:
+            key = swap_prefix(key, (("head.norm.", "norm."), ("head.fc.", "head.")))
+        out[key] = value
+    return out
+
+
 def build_official(config: dict[str, Any], **kwargs: Any) -> nn.Module:
     """Our model equal to ``convnext.ConvNeXt(**config)`` of the official repository.
 
@@ -110,8 +130,8 @@ def build_official(config: dict[str, Any], **kwargs: Any) -> nn.Module:
     return model
 
 
-register_layout("convnext", "timm", convert_timm)
-register_layout("convnext", "official", convert_official)
+register_layout("convnext", "timm", convert_timm, export=lambda sd, model: dict(sd))  # timm's keys are ours
+register_layout("convnext", "official", convert_official, export=native_to_official)
 register_official_class("convnext.ConvNeXt", build_official)
 
-__all__ = ["convert_timm", "convert_official", "build_official"]
+__all__ = ["convert_timm", "convert_official", "native_to_official", "build_official"]

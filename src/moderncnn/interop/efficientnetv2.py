@@ -22,7 +22,7 @@ import re
 
 from torch import nn
 
-from . import StateDict, register_layout
+from . import StateDict, register_layout, swap_prefix
 
 _TOP = {
     "conv_stem.": "stem.conv.",
@@ -85,5 +85,32 @@ def _rename(rest: str, mapping: dict[str, str]) -> str:
     return f"{mapping.get(layer, layer)}.{tail}"
 
 
-register_layout("efficientnetv2", "timm", convert_timm)
-register_layout("efficientnetv2", "official", convert_timm)  # official = timm's tf_ port (see above)
+def native_to_timm(sd: StateDict, model: nn.Module | None = None,
+                   block_maps: dict[frozenset, dict[str, str]] | None = None) -> StateDict:
+    """Ours -> timm's layout (the inverse of :func:`convert_timm`). Each block's timm class follows from the
+    parts it has: ``dw`` -> ``InvertedResidual``, ``fused`` with ``project`` -> ``EdgeResidual``, ``fused``
+    alone -> ``ConvBnAct``; ``block_maps`` adds classes keyed by their exact parts (MobileNetV2's)."""
+    parts: dict[tuple[str, str], set[str]] = {}
+    for key in sd:
+        if m := _OUR_BLOCK_KEY.match(key):
+            parts.setdefault(m.group(1, 2), set()).add(m.group(3).split(".")[0])
+    out: StateDict = {}
+    for key, value in sd.items():
+        if m := _OUR_BLOCK_KEY.match(key):
+            i, j, rest = m.groups()
+            have = parts[(i, j)]
+            mapping = (block_maps or {}).get(frozenset(have - {"se"})) or _BLOCK_MAPS[
+                "conv_dw" if "dw" in have else "conv_exp" if "project" in have else "conv"]
+            rest = swap_prefix(rest, {f"{k}.": f"{v}." for k, v in _SE.items()}, reverse=True)
+            out[f"blocks.{i}.{j}.{swap_prefix(rest, {f'{k}.': f'{v}.' for k, v in mapping.items()}, reverse=True)}"] \
+                = value
+        else:
+            out[swap_prefix(key, _TOP, reverse=True)] = value
+    return out
+
+
+_OUR_BLOCK_KEY = re.compile(r"^stages\.(\d+)\.(\d+)\.(.+)$")
+
+register_layout("efficientnetv2", "timm", convert_timm, export=native_to_timm)
+# official = timm's tf_ port (see above)
+register_layout("efficientnetv2", "official", convert_timm, export=native_to_timm)

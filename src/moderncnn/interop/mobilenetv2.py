@@ -14,6 +14,7 @@ from torch import nn
 
 from . import StateDict, register_layout
 from .efficientnetv2 import convert_timm as convert_effnet_layout
+from .efficientnetv2 import native_to_timm as export_effnet_layout
 
 _DS = {"conv_dw": "dw.conv", "bn1": "dw.bn", "conv_pw": "project.conv", "bn2": "project.bn"}
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(\d+)\.([^.]+)\.(.+)$")
@@ -35,4 +36,10 @@ def convert_timm(sd: StateDict, model: nn.Module | None = None) -> StateDict:
     return convert_effnet_layout(out, model)
 
 
-register_layout("mobilenetv2", "timm", convert_timm)
+def native_to_timm(sd: StateDict, model: nn.Module | None = None) -> StateDict:
+    """Ours -> timm's ``mobilenetv2_*`` (the inverse of :func:`convert_timm`): the first row's blocks (``dw``
+    and ``project`` only) are ``DepthwiseSeparableConv``."""
+    return export_effnet_layout(sd, model, block_maps={frozenset({"dw", "project"}): _DS})
+
+
+register_layout("mobilenetv2", "timm", convert_timm, export=native_to_timm)

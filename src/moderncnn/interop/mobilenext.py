@@ -85,7 +85,13 @@ def build_official(config: dict[str, Any], **kwargs: Any) -> nn.Module:
     return model
 
 
-register_layout("mobilenext", "official", convert_official)
+def native_to_official(sd: StateDict, model: nn.Module) -> StateDict:
+    """Ours -> official ``MXNet`` keys (the inverse of :func:`convert_official`)."""
+    ours = {v: k for k, v in official_key_map(model).items()}
+    return {ours.get(k, k): v for k, v in sd.items()}
+
+
+register_layout("mobilenext", "official", convert_official, export=native_to_official)
 register_official_class("mnext.MXNet", build_official)
 
-__all__ = ["convert_official", "build_official", "official_key_map"]
+__all__ = ["convert_official", "native_to_official", "build_official", "official_key_map"]

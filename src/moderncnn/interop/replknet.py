@@ -78,6 +78,34 @@ def convert_official(sd: StateDict, model: nn.Module) -> StateDict:
     return out
 
 
+_OUR_BLOCK = re.compile(r"^(stages\.\d+\.blocks\.\d+)\.(\w+)(\..*)$")
+
+
+def native_to_official(sd: StateDict, model: nn.Module) -> StateDict:
+    """Ours -> the official layout (the inverse of :func:`convert_official`). A block's ``norm`` is
+    ``prelkb_bn`` in a RepLK block (the one with a ``large_kernel``) and ``preffn_bn`` in a ConvFFN."""
+    lk_blocks = {m[1] for k in sd if (m := _OUR_BLOCK.match(k)) and m[2] == "large_kernel"}
+    kernel_parts = {ours: theirs for theirs, ours in _LARGE_KERNEL_PARTS.items()}
+    out = {}
+    for key, value in sd.items():
+        if m := re.match(r"^stages\.(\d+)\.downsample\.(.*)$", key):
+            key = f"transitions.{int(m[1]) - 1}.{m[2]}"
+        elif m := re.match(r"^feature_norms\.(\d+)\.(.*)$", key):
+            key = f"stages.{m[1]}.norm.{m[2]}"
+        elif m := _OUR_BLOCK.match(key):
+            block, part, rest = m.groups()
+            if part == "norm":
+                part = "prelkb_bn" if block in lk_blocks else "preffn_bn"
+            elif part == "large_kernel":
+                sub, _, tail = rest[1:].partition(".")
+                rest = f".{kernel_parts.get(sub, sub)}.{tail}"
+            key = f"{block}.{part}{rest}"
+        elif key.startswith("head."):
+            key = "norm." + key[len("head.norm."):] if key.startswith("head.norm.") else "head." + key[len("head.fc."):]
+        out[key] = value
+    return out
+
+
 _KNOWN = {
     "large_kernel_sizes", "layers", "channels", "drop_path_rate", "small_kernel", "dw_ratio", "ffn_ratio",
     "in_channels", "num_classes", "out_indices", "use_checkpoint", "small_kernel_merged", "use_sync_bn",
@@ -140,7 +168,7 @@ def build_official(config: dict[str, Any], deploy: bool = False, **kwargs: Any) 
     return model
 
 
-register_layout("replknet", "official", convert_official)
+register_layout("replknet", "official", convert_official, export=native_to_official)
 register_official_class("replknet.RepLKNet", build_official)
 
-__all__ = ["convert_official", "build_official"]
+__all__ = ["convert_official", "native_to_official", "build_official"]

@@ -18,12 +18,13 @@ form (fuse afterwards with ``moderncnn.reparameterize_model``).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from . import StateDict, register_layout
+from . import StateDict, register_layout, swap_prefix
 from .official import register_official_class
 
 _TIMM_BLOCK = (("conv_kxk.", "conv_3x3."), ("attn.fc1.", "se.reduce."), ("attn.fc2.", "se.expand."))
@@ -86,6 +87,32 @@ def official_to_native(sd: StateDict, model: nn.Module) -> StateDict:
     return out
 
 
+def _to_foreign(sd: StateDict, stem: str, stage: Callable[[int, str], str], block: tuple[tuple[str, str], ...],
+                top: tuple[tuple[str, str], ...] = ()) -> StateDict:
+    """Ours -> a foreign layout: ``stages.0.0`` becomes ``stem``, ``stages.i.j`` becomes ``stage(i, j)``, block
+    layers and top-level keys renamed by the (foreign, ours) tables read backwards."""
+    out = {}
+    for key, value in sd.items():
+        if key.startswith("stages.0.0."):
+            key = stem + swap_prefix(key[len("stages.0.0."):], block, reverse=True)
+        elif m := re.match(r"stages\.(\d+)\.(\d+)\.(.*)", key):
+            key = stage(int(m[1]), m[2]) + swap_prefix(m[3], block, reverse=True)
+        else:
+            key = swap_prefix(key, top, reverse=True)
+        out[key] = value
+    return out
+
+
+def native_to_timm(sd: StateDict, model: nn.Module) -> StateDict:
+    """Ours -> timm ``repvgg_*`` (the inverse of :func:`timm_to_native`)."""
+    return _to_foreign(sd, "stem.", lambda i, j: f"stages.{i - 1}.{j}.", _TIMM_BLOCK)
+
+
+def native_to_official(sd: StateDict, model: nn.Module) -> StateDict:
+    """Ours -> official ``repvgg.RepVGG`` (the inverse of :func:`official_to_native`)."""
+    return _to_foreign(sd, "stage0.", lambda i, j: f"stage{i}.{j}.", _OFFICIAL_BLOCK, (("linear.", "head.fc."),))
+
+
 def build_from_official(config: dict[str, Any], **kwargs: Any) -> nn.Module:
     """Our model equal to ``repvgg.RepVGG(**config)`` of the official code.
 
@@ -129,8 +156,8 @@ def build_from_official(config: dict[str, Any], **kwargs: Any) -> nn.Module:
     return model
 
 
-register_layout("repvgg", "timm", timm_to_native)
-register_layout("repvgg", "official", official_to_native)
+register_layout("repvgg", "timm", timm_to_native, export=native_to_timm)
+register_layout("repvgg", "official", official_to_native, export=native_to_official)
 register_official_class("repvgg.RepVGG", build_from_official)
 
-__all__ = ["timm_to_native", "official_to_native", "build_from_official"]
+__all__ = ["timm_to_native", "official_to_native", "native_to_timm", "native_to_official", "build_from_official"]

@@ -141,6 +141,26 @@ class ModelSpec:
 
         return reparameterize_model(model.eval(), inplace=True)
 
+    @classmethod
+    def from_weights(cls, name: str, source: str | Path | Mapping) -> ModelSpec:
+        """The spec of a weight file nothing describes (a timm or official checkpoint) for model ``name``:
+        the class count is read off the checkpoint's classifier and ``in_chans`` off its first conv
+        (the modules ``pretrained_cfg`` names), in whatever layout :func:`moderncnn.load_weights` reads."""
+        from ..registry import build_model
+        from . import convert_state_dict, read_state_dict
+
+        probe = build_model(name)
+        sd, _ = convert_state_dict(read_state_dict(source), probe)
+        cfg = probe.pretrained_cfg
+
+        def first(names: Any) -> str:
+            return names if isinstance(names, str) else names[0]
+
+        fc, conv = f"{first(cfg['classifier'])}.weight", f"{first(cfg['first_conv'])}.weight"
+        if conv not in sd:
+            raise CheckpointError(f"{source} has no {conv} (the first conv of {name}): is it a {name} checkpoint?")
+        return cls(name, {}, num_classes=sd[fc].shape[0] if fc in sd else 0, in_chans=sd[conv].shape[1])
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["out_indices"] = list(self.out_indices) if self.out_indices is not None else None

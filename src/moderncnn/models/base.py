@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -112,6 +113,7 @@ class ModelConfig:
     in_chans: int = 3
     drop_rate: float = 0.0  # dropout before the classifier
     drop_path_rate: float = 0.0  # stochastic depth, rising linearly over the blocks
+    global_pool: str = "avg"  # timm's pooling types: avg, max, avgmax, catavgmax, '' (layers.classifier)
 
 
 class ModelBase(nn.Module):
@@ -322,9 +324,13 @@ class ModelBase(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     # -- timm-style helpers ------------------------------------------------------------------------
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """timm's ``reset_classifier``: a fresh classifier for ``num_classes`` (0 removes it), and the
+        pooling ``global_pool`` (None keeps the current one). ``cfg`` follows, so a saved model's
+        description rebuilds the new head."""
+        self.head.reset(num_classes, global_pool)
         self.num_classes = num_classes
-        self.head.reset(num_classes)
+        self.cfg = dataclasses.replace(self.cfg, num_classes=num_classes, global_pool=self.head.pool_type)
 
     def get_classifier(self) -> nn.Module:
         return self.head.fc

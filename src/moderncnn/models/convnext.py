@@ -109,7 +109,8 @@ class ConvNeXt(ModelBase):
         self.num_features = dims[-1]
         # the LayerNorm comes *after* global pooling (official code)
         head_norm = nn.LayerNorm(dims[-1], eps=cfg.norm_eps)
-        self.head = ClassifierHead(dims[-1], cfg.num_classes, cfg.drop_rate, norm=head_norm)
+        self.head = ClassifierHead(dims[-1], cfg.num_classes, cfg.drop_rate, norm=head_norm,
+                                   pool_type=cfg.global_pool)
         self.apply(self._init_weights)
         if cfg.num_classes > 0 and cfg.head_init_scale != 1.0:
             with torch.no_grad():

@@ -187,7 +187,8 @@ class ConvNeXtRoadmap(ModelBase):
         head_norm = None
         if cfg.head_norm:  # a norm on the pooled vector (step 12, as ConvNeXt)
             head_norm = nn.LayerNorm(prev, eps=1e-6) if cfg.norm == "ln" else nn.BatchNorm1d(prev)
-        self.head = ClassifierHead(prev, cfg.num_classes, cfg.drop_rate, norm=head_norm)
+        self.head = ClassifierHead(prev, cfg.num_classes, cfg.drop_rate, norm=head_norm,
+                                   pool_type=cfg.global_pool)
         self.apply(self._init_weights)
 
     def _init_weights(self, m: nn.Module) -> None:

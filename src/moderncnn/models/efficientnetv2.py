@@ -262,7 +262,7 @@ class EfficientNetV2(ModelBase):
         self.feature_info = levels_at_stage_ends(self.feature_info)
         self.num_features = cfg.round_filters(cfg.head_chs)
         self.conv_head = conv_bn(cfg, in_chs, self.num_features, 1)
-        self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate)
+        self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate, pool_type=cfg.global_pool)
         self.apply(self._init_weights)
 
     @staticmethod

@@ -184,7 +184,7 @@ class MobileNetV2(ModelBase):
         self.feature_info = levels_at_stage_ends(self.feature_info)  # one level per stride, as timm's
         self.num_features = max(cfg.head_chs, make_divisible(cfg.head_chs * w, 8))
         self.conv_head = ConvBNAct(inp, self.num_features, 1, act_layer=nn.ReLU6)
-        self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate)
+        self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate, pool_type=cfg.global_pool)
         # timm initializes MobileNetV2 as EfficientNet (TensorFlow's rule): the same function serves both
         self.apply(EfficientNetV2._init_weights)
 

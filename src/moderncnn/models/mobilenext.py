@@ -221,7 +221,8 @@ class MobileNeXt(ModelBase):
         self._close(stages, inp, reduction, final=True)
         self.stages = nn.Sequential(*[nn.Sequential(*blocks) for blocks in stages])
         self.num_features = inp
-        self.head = ClassifierHead(inp, cfg.num_classes, cfg.drop_rate)  # pool -> dropout -> Linear, no 1×1 conv
+        # pool -> dropout -> Linear, no 1×1 conv
+        self.head = ClassifierHead(inp, cfg.num_classes, cfg.drop_rate, pool_type=cfg.global_pool)
         self.apply(self._init_weights)
 
     def _close(self, stages: list, chs: int, reduction: int, final: bool = False) -> None:

@@ -260,7 +260,8 @@ class RepLKNet(ModelBase):
         self.num_features = cfg.channels[-1]
         # BN on the last feature map, *before* pooling (official code)
         head_norm = nn.BatchNorm2d(self.num_features)
-        self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate, head_norm, norm_before_pool=True)
+        self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate, head_norm, norm_before_pool=True,
+                                   pool_type=cfg.global_pool)
 
     def _intermediate(self, level: int, x: torch.Tensor, norm: bool) -> torch.Tensor:
         # the official backbone's per-level BN (norm_intermediate_features) is part of the configured

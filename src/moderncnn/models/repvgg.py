@@ -223,7 +223,7 @@ class RepVGG(ModelBase):
         self.stages = nn.Sequential(*stages)
         self.num_features = widths[-1]
         # PyTorch's default initialization, as the official code uses
-        self.head = ClassifierHead(widths[-1], cfg.num_classes, cfg.drop_rate)
+        self.head = ClassifierHead(widths[-1], cfg.num_classes, cfg.drop_rate, pool_type=cfg.global_pool)
 
     def group_matcher(self, coarse: bool = False) -> dict:
         # timm's grouping of the same network: the paper's stage 0 (one block) is timm's stem; the other

@@ -136,15 +136,30 @@ def build_model(cfg: TrainConfig, run: RunData, dist: DistInfo) -> nn.Module:
     if size < min_size:
         raise ConfigError(f"{cfg.model} downsamples by {min_size}, so it needs images of at least {min_size} px; "
                           f"the run would use {size} px. Pass --img-size {min_size} (or larger).")
-    if cfg.initial_checkpoint:
-        from ..interop import load_weights
-
-        load_weights(model, cfg.initial_checkpoint)
+    load_initial_weights(model, cfg)
     if cfg.head_init_scale is not None:  # timm's --head-init-scale: after loading, so a re-initialised head shrinks
         _scale_classifier(model, cfg.head_init_scale)
     if cfg.sync_bn and dist.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
+
+
+def load_initial_weights(model: nn.Module, cfg: TrainConfig) -> None:
+    """The run's starting weights (fine-tuning, issue 12): ``--pretrained-path``, or ``--initial-checkpoint``
+    with ``--pretrained``, loads as pretrained weights (timm's ``load_pretrained``: a classifier for another
+    class count re-initialised, the first conv adapted, each with a warning); ``--initial-checkpoint``
+    otherwise loads strictly, after the pretrained weights when both are given (as in timm's train.py)."""
+    from ..interop import load_pretrained, load_weights
+
+    pretrained = cfg.pretrained_path or (cfg.initial_checkpoint if cfg.pretrained else None)
+    if cfg.pretrained and not pretrained:
+        raise ConfigError("--pretrained needs the weights as a local file: moderncnn downloads nothing. Pass "
+                          "--initial-checkpoint PATH (or --pretrained-path PATH): a timm or official checkpoint, "
+                          f"or one converted with `moderncnn convert SRC DST.safetensors --model {cfg.model}`")
+    if pretrained:
+        load_pretrained(model, pretrained)
+    if cfg.initial_checkpoint and cfg.initial_checkpoint != pretrained:
+        load_weights(model, cfg.initial_checkpoint)
 
 
 def build_schedule(cfg: TrainConfig, lr: float, steps_per_epoch: int) -> LRSchedule:

@@ -37,6 +37,12 @@ _TRAIN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--model-kwargs",), "model_kwargs", dict(nargs="*", type=_kv, metavar="K=V",
                                                help="model config overrides, e.g. width_multiplier=[0.5,0.5]")),
     (("--initial-checkpoint",), "initial_checkpoint", dict(help="start from these weights")),
+    # -- fine-tuning (issue 12) --
+    (("--pretrained",), "pretrained", dict(action=_BOOL, help="--initial-checkpoint holds pretrained weights: "
+                                           "re-initialise a classifier for another class count, adapt the first "
+                                           "conv to --in-chans (as timm)")),
+    (("--pretrained-path",), "pretrained_path", dict(help="pretrained weights loaded as with --pretrained "
+                                                     "(timm's flag); --initial-checkpoint then loads strictly")),
     (("--num-classes",), "num_classes", dict(type=int)),
     (("--in-chans",), "in_chans", dict(type=int, help="model input channels (3 with gray data repeats it)")),
     (("--drop",), "drop", dict(type=float, help="dropout before the classifier")),
@@ -199,7 +205,7 @@ def _run_eval(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, workers=args.workers, val_samples=args.val_samples,
                         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
                         data_options={dest: getattr(args, dest) for _, dest, _ in _EVAL_DATA_FLAGS},
-                        progress=not args.no_progress and sys.stderr.isatty())
+                        progress=not args.no_progress and sys.stderr.isatty(), model=args.model)
     return 0
 
 
@@ -238,6 +244,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     e = subparsers.add_parser("eval", help="top-1/top-5 of a run folder's raw and EMA weights")
     e.add_argument("--checkpoint", required=True, help="run folder or weights file")
+    e.add_argument("--model", default=None, help="registered name, for weights nothing describes (timm's, official)")
     e.add_argument("--dataset", default=None)
     e.add_argument("--data-dir", "--data", dest="data_dir", default=None)
     e.add_argument("--img-size", type=int, default=None)

@@ -31,6 +31,12 @@ class TrainConfig:
     model: str = "convnext_atto"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # config overrides (dataclasses.replace)
     initial_checkpoint: str | None = None  # weights to start from (any layout load_weights reads)
+    # -- fine-tuning (issue 12) --
+    # pretrained: initial_checkpoint holds pretrained weights, loaded as timm's --pretrained does
+    # (interop.load_pretrained: a classifier for another class count is re-initialised, the first conv
+    # adapted to in_chans); without it initial_checkpoint loads strictly
+    pretrained: bool = False
+    pretrained_path: str | None = None  # timm's --pretrained-path: pretrained weights, loaded as above
     num_classes: int | None = None  # None: the data set's
     in_chans: int | None = None  # None: the data set's; 3 with a gray data set repeats the channel
     drop: float | None = None  # dropout before the classifier; None: the model's default
@@ -171,6 +177,7 @@ def _rules() -> dict[str, Any]:
     lr_range = Number(0.0, MAX_LR, lo_open=True, optional=True)
     return {
         "model": Text(), "initial_checkpoint": Text(optional=True),
+        "pretrained": Flag(), "pretrained_path": Text(optional=True),  # fine-tuning (issue 12)
         "num_classes": count, "in_chans": count, "drop": Number(0.0, 1.0, hi_open=True, optional=True),
         "dataset": Text(), "data_dir": Text(optional=True), "download": Flag(),
         "img_size": size, "eval_img_size": size, "train_crop": Choice(("rrc", "pad")),

@@ -62,18 +62,21 @@ def evaluate_checkpoint(
     verbose: bool = True,
     data_options: dict[str, Any] | None = None,
     progress: bool = False,
+    model: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Top-1/top-5 (and loss) of a run folder's weights (``best``, else ``last``; raw and EMA), or of one
-    weights file written by ``moderncnn train``. Returns ``{"raw": {...}, "ema": {...}}``.
+    weights file: one moderncnn wrote (``train``, ``convert``, ``fuse``), or, with ``model`` (a registered
+    name), any checkpoint :func:`moderncnn.load_weights` reads (timm's, the official layout), its class
+    count and input channels read off the weights. Returns ``{"raw": {...}, "ema": {...}}``.
 
     ``data_options``: training options that replace the run's for this evaluation (``val_split``,
     ``class_map``, ``input_key``, ``target_key``, ``interpolation``, ``crop_pct``; docs/training.md, "Data")."""
     from ..data.assembly import AugmentedDataset, random_subset
     from ..data.datasets import check_eval_classes, load_dataset
     from ..data.transforms import build_eval_transform
-    from ..interop.spec import read_description
+    from ..interop import load_weights
+    from ..interop.spec import ModelSpec, find_description, missing_description
     from .build import data_settings
-    from .checkpoint import load_weights_file
     from .config import TrainConfig, from_dict, read_yaml
 
     path = Path(checkpoint)
@@ -96,10 +99,13 @@ def evaluate_checkpoint(
     for which, f in files.items():
         if not f.is_file():
             continue
-        spec, extra = read_description(f)
+        looked: list[str] = []
+        found = None if model else find_description(f, looked)
+        if found is None and not model:
+            raise missing_description(f, looked)
+        spec, extra = found or (ModelSpec.from_weights(model, f), {})
         check_eval_classes(spec.num_classes, ds, f"{f.name} ({spec.name})")
-        model = spec.build()
-        model.load_state_dict(load_weights_file(f)[0])
+        net = load_weights(spec.build(), f, layout="native" if found else "auto")
         # the run's own settings; unset ones resolved as training resolved them (build.data_settings)
         settings = data_settings(cfg, ds.image_size if isinstance(ds.image_size, int) else None, model=spec.name)
         size = img_size or extra.get("img_size") or cfg.eval_img_size or settings["img_size"]
@@ -112,7 +118,7 @@ def evaluate_checkpoint(
                                          crop_mode=settings["crop_mode"])
         val = AugmentedDataset(ds, random_subset(len(ds), val_samples, cfg.seed + 1), transform, seeded=False)
         loader = DataLoader(val, batch_size=batch_size, num_workers=workers)
-        results[which] = r = evaluate(model.to(device), loader, device=device, progress=progress)
+        results[which] = r = evaluate(net.to(device), loader, device=device, progress=progress)
         if verbose:
             print(f"{which:>4} {f.name}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}  "
                   f"({r['images']} {dataset} val images at {size} px)")
