@@ -54,6 +54,11 @@ class Arm:
     paper: float | None = None  # the paper's number for this arm (its metric named by Experiment.paper_metric)
     label: str = ""  # what the arm is, for the report
 
+    def __post_init__(self) -> None:
+        # the name is a folder of the results (arms/<name>/seed<k>.json): a "/" would nest one arm in another
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"arm name {self.name!r} must be a plain folder name (no '/', not hidden)")
+
 
 @dataclass(frozen=True)
 class Claim:
