@@ -3,6 +3,7 @@ and every experiment's --quick run end to end (slow; the fastest one in the defa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -186,3 +187,25 @@ def test_quick_end_to_end(name, tmp_path, capsys):
         assert all(len(summary["arms"][a.name]["top1"]) == 1 for a in exp.arms)
     if exp.erf_images:
         assert all(0 < summary["arms"][a.name]["erf20"][0] <= 100 for a in exp.arms)
+
+
+def test_full_run_estimate_scales_the_quick_per_image_cost_by_pixels(tmp_path):
+    # a quick run at 32 px whose timed training step took 64 ms for 32 images (2 ms an image): the full run
+    # trains at 64 px, so an image costs 4x as much; hand computation of framework.estimate_full_seconds
+    from moderncnn.experiments.framework import Arm, Experiment, estimate_full_seconds, write_json
+
+    exp = Experiment(name="toy", title="", paper="", claim="", setup="", claims=(), seeds=2,
+                     arms=(Arm("a", "repvgg_a0"),),
+                     train={"img_size": 64, "epochs": 2, "train_samples": 1000, "val_samples": 300},
+                     quick={"img_size": 32, "epochs": 1, "train_samples": 256, "val_samples": 90, "batch_size": 64})
+    write_json(tmp_path / "speed.json", {"a": {"train_step_ms": [60.0, 64.0, 70.0]}})
+    quick_images = 4 * 64 + 90 / 3
+    write_json(tmp_path / "arms" / "a" / "seed0.json",
+               {"steps": 4, "batch_size": 64, "val_samples": 90, "wall_s": 0.002 * quick_images + 5.0,
+                "train_time_s": 1.0})
+    per_image = 0.002 * (64 / 32) ** 2
+    expected = 2 * (per_image * (2 * 1000 + 2 * 300 / 3) + 5.0)
+    assert estimate_full_seconds(exp, tmp_path) == pytest.approx(expected)
+    # the same quick run with a full run at the quick run's size: no pixel factor
+    same_size = dataclasses.replace(exp, train={**exp.train, "img_size": 32})
+    assert estimate_full_seconds(same_size, tmp_path) == pytest.approx(2 * (0.002 * (2000 + 200) + 5.0))
