@@ -209,3 +209,13 @@ def test_full_run_estimate_scales_the_quick_per_image_cost_by_pixels(tmp_path):
     # the same quick run with a full run at the quick run's size: no pixel factor
     same_size = dataclasses.replace(exp, train={**exp.train, "img_size": 32})
     assert estimate_full_seconds(same_size, tmp_path) == pytest.approx(2 * (0.002 * (2000 + 200) + 5.0))
+
+
+@pytest.mark.parametrize("name", ["ratio-1/2", "", ".hidden"])
+def test_arm_names_are_plain_folder_names(name):
+    # an arm's results live in arms/<name>/: "ratio-1/2" once nested its results inside arm "ratio-1"'s folder
+    from moderncnn.experiments.framework import Arm
+
+    with pytest.raises(ValueError, match="plain folder name"):
+        Arm(name, "repvgg_a0")
+    assert all("/" not in a.name for e in EXPERIMENTS.values() for a in e.arms)
