@@ -269,3 +269,15 @@ def test_max_steps_mid_epoch_evaluates_the_current_model(tmp_path):
     result = train(tiny_config(tmp_path, epochs=2, eval_interval=2, max_steps=7), train_dataset=tr, val_dataset=va)
     assert result.global_step == 7
     assert "eval_top1" in result.last_metrics
+
+
+@pytest.mark.slow
+def test_compile_trains_through_progressive_image_sizes(tmp_path):
+    # two progressive stages at 16 and 24 px under --compile: each size compiles a static graph (with automatic
+    # dynamic shapes the second size failed inside Inductor)
+    tr, va = data(size=24)
+    cfg = tiny_config(tmp_path, compile=True, epochs=2, progressive="paper", prog_stages=2, prog_size=(16, 24),
+                      img_size=None)
+    result = train(cfg, train_dataset=tr, val_dataset=va)
+    assert result.global_step == 2 * len(tr) // 8
+    assert "eval_top1" in result.last_metrics

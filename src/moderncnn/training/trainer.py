@@ -126,7 +126,10 @@ class Trainer:
         self.model = model.to(self.device, memory_format=torch.channels_last if cfg.channels_last
                               else torch.preserve_format)
         self.ema = ModelEma(model, decay=cfg.model_ema_decay, warmup=cfg.model_ema_warmup) if cfg.model_ema else None
-        self.train_model: nn.Module = torch.compile(model) if cfg.compile else model
+        # static shapes: a new image size (a progressive stage, the evaluation size) compiles a graph of its own.
+        # With automatic dynamic shapes torch 2.14's Inductor fails on the second size ("cannot determine truth
+        # value of Relational" on the patchify stem's symbolic strides; tests/test_trainer.py)
+        self.train_model: nn.Module = torch.compile(model, dynamic=False) if cfg.compile else model
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.train_model, device_ids=ids)
