@@ -147,16 +147,12 @@ class ModelSpec:
         the class count is read off the checkpoint's classifier and ``in_chans`` off its first conv
         (the modules ``pretrained_cfg`` names), in whatever layout :func:`moderncnn.load_weights` reads."""
         from ..registry import build_model
-        from . import convert_state_dict, read_state_dict
+        from . import _names, convert_state_dict, read_state_dict
 
         probe = build_model(name)
         sd, _ = convert_state_dict(read_state_dict(source), probe)
         cfg = probe.pretrained_cfg
-
-        def first(names: Any) -> str:
-            return names if isinstance(names, str) else names[0]
-
-        fc, conv = f"{first(cfg['classifier'])}.weight", f"{first(cfg['first_conv'])}.weight"
+        fc, conv = f"{_names(cfg['classifier'])[0]}.weight", f"{_names(cfg['first_conv'])[0]}.weight"
         if conv not in sd:
             raise CheckpointError(f"{source} has no {conv} (the first conv of {name}): is it a {name} checkpoint?")
         return cls(name, {}, num_classes=sd[fc].shape[0] if fc in sd else 0, in_chans=sd[conv].shape[1])

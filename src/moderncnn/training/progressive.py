@@ -156,37 +156,26 @@ class ProgressiveSchedule:
 
     # ----------------------------------------------------------------------------------------------------------
     def _build_stage(self, k: int) -> StageParams:
-        m = self.num_stages
-        start = self.total_epochs * k // m
-        end = self.total_epochs * (k + 1) // m
-        d = self.size_divisor
-        if self.mode == "random":
-            t = self._draws[k]
+        m, d = self.num_stages, self.size_divisor
 
-            def at(r: Range) -> float:
-                return r[0] + (r[1] - r[0]) * t
+        def place(r: Range) -> float:  # where stage k sits in a (min, max) range
+            if self.mode == "random":
+                return r[0] + (r[1] - r[0]) * self._draws[k]
+            return _linspace(*r, m, k)
 
-            return StageParams(stage=k, start_epoch=start, end_epoch=end, img_size=int(round(at(self.size) / d)) * d,
-                               ra_magnitude=at(self.ra_magnitude), mixup_alpha=at(self.mixup),
-                               cutmix_alpha=at(self.cutmix), dropout=at(self.dropout),
-                               batch_size=self.batch_sizes[k] if self.batch_sizes is not None else None)
-        if self.mode == "paper":
-            size_f = _linspace(*self.size, m, k)
-            img_size = int(round(size_f / d)) * d
-            dropout = _linspace(*self.dropout, m, k)
-        else:
-            ratio = (k + 1) / m
-            img_size = int(self.size[0] + (self.size[1] - self.size[0]) * ratio)
-            img_size = img_size // d * d
+        img_size = int(round(place(self.size) / d)) * d
+        dropout = place(self.dropout)
+        if self.mode == "official":  # truncated sizes from (k + 1) / M, dropout constant at its maximum
+            img_size = int(self.size[0] + (self.size[1] - self.size[0]) * (k + 1) / m) // d * d
             dropout = self.dropout[1]
         return StageParams(
             stage=k,
-            start_epoch=start,
-            end_epoch=end,
+            start_epoch=self.total_epochs * k // m,
+            end_epoch=self.total_epochs * (k + 1) // m,
             img_size=img_size,
-            ra_magnitude=_linspace(*self.ra_magnitude, m, k),
-            mixup_alpha=_linspace(*self.mixup, m, k),
-            cutmix_alpha=_linspace(*self.cutmix, m, k),
+            ra_magnitude=place(self.ra_magnitude),
+            mixup_alpha=place(self.mixup),
+            cutmix_alpha=place(self.cutmix),
             dropout=dropout,
             batch_size=self.batch_sizes[k] if self.batch_sizes is not None else None,
         )
