@@ -226,9 +226,8 @@ def resolve_lr(lr_base: float, global_batch: int, lr_base_size: int, opt: str, l
     """The learning rate when ``--lr`` is not given: ``lr_base * ratio`` with ``ratio = global_batch /
     lr_base_size``, or its square root (Krizhevsky, 2014, "One weird trick", for adaptive optimizers; timm's
     ``--lr-base-scale``); the default follows :func:`default_lr_base_scale`."""
-    scale = lr_base_scale or default_lr_base_scale(opt)
-    ratio = global_batch / lr_base_size
-    return lr_base * (math.sqrt(ratio) if scale == "sqrt" else ratio)
+    ratio = scale_lr(1.0, global_batch, lr_base_size)  # the linear rule's factor
+    return lr_base * (math.sqrt(ratio) if (lr_base_scale or default_lr_base_scale(opt)) == "sqrt" else ratio)
 
 
 def create_optimizer(
